@@ -1,0 +1,87 @@
+"""The one loader of frames: event-model handlers for the files our documents reference.
+
+``AD_HDF5`` is areaDetector's HDF5 plugin layout (``/entry/data/data``, frames along the
+first axis), written by the PaxScan IOC and by its twin alike; ``TL_DERIVED_HDF5`` is the
+processor's derived-image file (``/entry/derived/<name>``).  Both open files in SWMR mode so
+frames can be read while the writer still appends.  A broken or missing file raises
+:class:`FrameReadError` naming the file.
+"""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+
+
+class FrameReadError(OSError):
+    """A referenced frame file is missing, truncated or not in the expected layout."""
+
+
+def _open(filename: str) -> h5py.File:
+    try:
+        return h5py.File(filename, "r", swmr=True)
+    except OSError as err:
+        try:
+            return h5py.File(filename, "r")
+        except OSError:
+            raise FrameReadError(f"{filename}: cannot open HDF5 file ({err})") from None
+
+
+class HDF5FrameHandler:
+    """Handler for spec ``AD_HDF5``: ``handler(point_number)`` is that point's frame(s)."""
+
+    specs = {"AD_HDF5"}
+
+    def __init__(self, filename: str, frame_per_point: int = 1):
+        self._filename = filename
+        self._frame_per_point = frame_per_point
+        self._file = _open(filename)
+        try:
+            self._dataset = self._file["entry/data/data"]
+        except KeyError:
+            self._file.close()
+            raise FrameReadError(f"{filename}: no dataset /entry/data/data") from None
+
+    def __call__(self, point_number: int) -> np.ndarray:
+        first = point_number * self._frame_per_point
+        stop = first + self._frame_per_point
+        try:
+            self._dataset.refresh()
+        except (AttributeError, ValueError, RuntimeError):
+            pass  # not opened in SWMR mode: nothing to refresh
+        if self._dataset.shape[0] < stop:
+            raise FrameReadError(
+                f"{self._filename}: frame {first} requested but the file holds "
+                f"{self._dataset.shape[0]} frames"
+            )
+        try:
+            frames = self._dataset[first:stop]
+        except OSError as err:
+            raise FrameReadError(f"{self._filename}: cannot read frame {first} ({err})") from None
+        return frames[0] if self._frame_per_point == 1 else frames
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class DerivedImageHandler:
+    """Handler for spec ``TL_DERIVED_HDF5``: ``handler(name)`` is ``/entry/derived/<name>``."""
+
+    specs = {"TL_DERIVED_HDF5"}
+
+    def __init__(self, filename: str):
+        self._filename = filename
+        self._file = _open(filename)
+
+    def __call__(self, name: str) -> np.ndarray:
+        try:
+            return self._file[f"entry/derived/{name}"][()]
+        except KeyError:
+            raise FrameReadError(f"{self._filename}: no derived image {name!r}") from None
+
+    def close(self) -> None:
+        self._file.close()
+
+
+HANDLERS = {"AD_HDF5": HDF5FrameHandler, "TL_DERIVED_HDF5": DerivedImageHandler}
+"""The handler registry for ``event_model.Filler`` / ``RunRouter``."""

@@ -1,0 +1,164 @@
+"""On-the-fly dark-field processing that follows the documents (DESIGN.md rule 5).
+
+``darkfield_router(out_dir, publish)`` is an ``event_model.RunRouter`` that fills frames
+through our one loader (``acquisition.frames.HANDLERS``) and gives every phase-stepping run
+a :class:`ProjectionProcessor`.  When a projection's dark, reference and sample sets are
+complete it retrieves T, V and dphi, segments and classifies the calcification clusters
+(paper Table 1), writes the derived images to HDF5 and publishes a derived run of its own
+(``event_model.compose_run``, linked by ``parent_uid``) to ``publish(name, doc)``.
+A processor that fails reports the error in its derived run's stop document; it never
+raises into the RunEngine.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import event_model
+import numpy as np
+
+from reconstruction import analyse_clusters, retrieve, segment_clusters
+
+from .derived_store import IMAGES, write_derived
+from .frames import HANDLERS
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[str, dict], None]
+
+
+def darkfield_router(out_dir: str | Path | None = None, publish: Publish | None = None):
+    """A RunRouter that processes every phase-stepping run; subscribe it to a RunEngine."""
+    out = Path(out_dir) if out_dir else Path(tempfile.gettempdir()) / "talbot-lau-derived"
+
+    def factory(name, start_doc):
+        if "phase_stepping" not in start_doc:
+            return [], []
+        return [ProjectionProcessor(out, publish or (lambda name, doc: None))], []
+
+    return event_model.RunRouter([factory], handler_registry=HANDLERS)
+
+
+class ProjectionProcessor(event_model.DocumentRouter):
+    """Collects one projection's frames by set and processes it once the sets are complete."""
+
+    def __init__(self, out_dir: Path, publish: Publish):
+        super().__init__()
+        self.out_dir = out_dir
+        self.publish = publish
+        self.processed = False
+
+    def start(self, doc):
+        self.parent_uid = doc["uid"]
+        self.start_doc = doc
+        stepping = doc["phase_stepping"]
+        self.steps = stepping["steps"]
+        self.period_um = stepping["period_um"]
+        self.positions_um = np.asarray(stepping["positions_um"], float)
+        self.dark_count = stepping["dark_frames"]
+        self.streams = stepping["streams"]
+        self.stream_of: dict[str, str] = {}
+        self.image_key: str | None = None
+        self.g2_key = doc.get("motors", ["g2"])[0]
+        self.darks: list[np.ndarray] = []
+        self.stepping: dict[str, dict[int, tuple[float, np.ndarray]]] = {
+            self.streams["reference"]: {}, self.streams["sample"]: {},
+        }
+
+    def descriptor(self, doc):
+        self.stream_of[doc["uid"]] = doc["name"]
+        for key, info in doc["data_keys"].items():
+            if info.get("external") and len(info.get("shape", [])) >= 2:
+                self.image_key = key
+
+    def event(self, doc):
+        stream = self.stream_of.get(doc["descriptor"])
+        if self.image_key not in doc["data"]:
+            return
+        frame = np.asarray(doc["data"][self.image_key], dtype=np.float64)
+        if stream == self.streams["dark"]:
+            self.darks = (self.darks + [frame])[-max(self.dark_count, 1):]
+        elif stream in self.stepping:
+            x_um = float(doc["data"][self.g2_key])
+            step = int(np.argmin(np.abs(self.positions_um - x_um)))
+            self.stepping[stream][step] = (x_um, frame)  # a repeated set replaces its frames
+            if self._complete():
+                self._process_safely()
+
+    def stop(self, doc):
+        if not self.processed and self._complete():
+            self._process_safely()
+
+    def _complete(self) -> bool:
+        return all(len(frames) == self.steps for frames in self.stepping.values())
+
+    def _process_safely(self) -> None:
+        self.processed = True
+        run = event_model.compose_run(metadata={
+            "parent_uid": self.parent_uid,
+            "plan_name": "darkfield_retrieval",
+            "sample": self.start_doc.get("sample", {}),
+            "detector_pixel": self.start_doc.get("detector_pixel", {}),
+        })
+        self.publish("start", run.start_doc)
+        try:
+            self._process(run)
+        except Exception as err:  # a failed processor reports, it never stops a scan
+            log.exception("dark-field processing of run %s failed", self.parent_uid)
+            self.publish("stop", run.compose_stop(exit_status="fail", reason=repr(err)))
+        else:
+            self.publish("stop", run.compose_stop())
+
+    def _process(self, run) -> None:
+        dark = np.mean(self.darks, axis=0) if self.darks else None
+        (ref_x, ref), (smp_x, smp) = (self._stack(self.streams[s]) for s in ("reference", "sample"))
+        result = retrieve(smp, ref, dark, steps=smp_x, reference_steps=ref_x, period=self.period_um)
+        labels = segment_clusters(result.transmission, result.dark_field)
+        clusters = analyse_clusters(result.transmission, result.dark_field, labels)
+        path = write_derived(self.out_dir / f"derived_{self.parent_uid[:8]}.h5",
+                             result, labels, clusters, self.parent_uid)
+        self._publish_images(run, path, result.transmission.shape)
+        self._publish_clusters(run, clusters)
+
+    def _stack(self, stream: str) -> tuple[np.ndarray, np.ndarray]:
+        frames = self.stepping[stream]
+        order = sorted(frames)
+        return (np.array([frames[k][0] for k in order]),
+                np.stack([frames[k][1] for k in order]))
+
+    def _publish_images(self, run, path: Path, shape) -> None:
+        resource = run.compose_resource(spec="TL_DERIVED_HDF5", root="/",
+                                        resource_path=str(path.resolve()).lstrip("/"),
+                                        resource_kwargs={})
+        self.publish("resource", resource.resource_doc)
+        datums = {name: resource.compose_datum(datum_kwargs={"name": name})
+                  for name in (*IMAGES, "labels")}
+        for datum in datums.values():
+            self.publish("datum", datum)
+        data_keys = {name: {"source": f"derived:{name}", "dtype": "array", "shape": list(shape),
+                            "external": "FILESTORE:"} for name in datums}
+        images = run.compose_descriptor(name="images", data_keys=data_keys)
+        self.publish("descriptor", images.descriptor_doc)
+        self.publish("event", images.compose_event(
+            data={name: d["datum_id"] for name, d in datums.items()},
+            timestamps={name: images.descriptor_doc["time"] for name in datums},
+            filled={name: False for name in datums}))
+
+    def _publish_clusters(self, run, clusters) -> None:
+        keys = {"label": "integer", "centroid_row": "number", "centroid_col": "number",
+                "n_pixels": "integer", "ratio": "number", "variance": "number",
+                "texture": "string", "borderline": "boolean", "suspicious": "boolean"}
+        table = run.compose_descriptor(name="clusters", data_keys={
+            key: {"source": "derived:clusters", "dtype": dtype, "shape": []}
+            for key, dtype in keys.items()})
+        self.publish("descriptor", table.descriptor_doc)
+        for c in clusters:
+            row = {"label": int(c.label), "centroid_row": float(c.centroid_px[0]),
+                   "centroid_col": float(c.centroid_px[1]), "n_pixels": int(c.n_pixels),
+                   "ratio": float(c.ratio), "variance": float(c.variance), "texture": c.texture,
+                   "borderline": bool(c.borderline), "suspicious": bool(c.suspicious)}
+            self.publish("event", table.compose_event(
+                data=row, timestamps={key: table.descriptor_doc["time"] for key in row}))

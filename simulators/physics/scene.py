@@ -1,0 +1,228 @@
+"""What the detector sees of a phantom at one stage position: the open beam and the sample.
+
+A :class:`Scene` holds, per detector pixel (after region and binning), the stepping curve's
+mean ``mean`` and complex first harmonic ``harmonic`` in absorbed photons per mAs, so a
+frame at G2 position x is ``mean + Re(harmonic * exp(i*2*pi*x/p2))`` (DESIGN.md:
+``I = a0 + a1*cos(2*pi*x/p2 + phi)``, ``phi = arg harmonic``).  Everything is summed over
+the spectrum: per energy E a pixel transmits ``T_E = exp(-mu_E)`` and keeps
+``D_E = exp(-eps_E)`` of the fringe's harmonic ``h_E``; the detector integrates energy, so
+``mean ~ sum_E s_E T_E`` and ``harmonic ~ sum_E s_E T_E D_E h_E`` with the signal weights
+``s_E`` of the spectrum (beam hardening of T and V comes out of this on its own).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import erf
+
+from .darkfield import scattering_per_mm
+from .interferometer import (
+    autocorrelation_length_um,
+    field_of_view_mm,
+    fringe_harmonic,
+    grating_mean_transmission,
+    wavelength_um,
+)
+from .materials import delta, mu_per_mm
+from .phantom import Phantom
+from .setup import Setup
+from .spectrum import spectrum_at_detector
+
+SLAB_TABLE = 257
+"""Slab thicknesses tabulated for the spectral sums of the tissue."""
+REFERENCE_KEV = 20.0
+"""Energy at which TissueSlab.dark_field_per_mm is given."""
+
+
+@dataclass(frozen=True)
+class Scene:
+    """Stepping-curve mean and complex harmonic per pixel (absorbed photons per mAs)."""
+
+    mean: np.ndarray
+    harmonic: np.ndarray
+    labels: np.ndarray
+    """Truth: 0, or i+1 where phantom.clusters[i] has calcium in the pixel."""
+    adu_per_photon: float
+    """ADU per absorbed photon of the open beam's mean energy (gain * keV)."""
+
+
+def pixel_grid(setup: Setup) -> tuple[np.ndarray, np.ndarray]:
+    """Detector-plane coordinates (mm) of the unbinned region's pixel centres: (y, x)."""
+    det = setup.detector
+    row0, col0, rows, cols = det.region or (0, 0, det.rows, det.columns)
+    pitch = det.pixel_um / 1000.0
+    y = (np.arange(row0, row0 + rows) + 0.5 - det.rows / 2) * pitch
+    x = (np.arange(col0, col0 + cols) + 0.5 - det.columns / 2) * pitch
+    return y, x
+
+
+def bin_sum(image: np.ndarray, binning: int) -> np.ndarray:
+    """Sum ``binning`` x ``binning`` blocks (the region is cropped to whole blocks)."""
+    if binning == 1:
+        return image
+    rows, cols = (s // binning * binning for s in image.shape)
+    view = image[:rows, :cols].reshape(rows // binning, binning, cols // binning, binning)
+    return view.sum(axis=(1, 3))
+
+
+@functools.lru_cache(maxsize=6)
+def scene(setup: Setup, phantom: Phantom | None, stage_mm: tuple[float, float], kv: float) -> Scene:
+    """The scene of ``phantom`` moved by the stage to ``stage_mm`` (None: the open beam)."""
+    geometry, gratings, det = setup.geometry, setup.gratings, setup.detector
+    spectrum = spectrum_at_detector(float(kv), setup.source, geometry, det)
+    energies = spectrum.energies_kev
+    grating_t = (grating_mean_transmission(energies, gratings.g0_gold_um, gratings.duty_cycle)
+                 * grating_mean_transmission(energies, gratings.g2_gold_um, gratings.duty_cycle)
+                 * np.exp(-mu_per_mm("silicon", energies)
+                          * (gratings.g1_substrate_um + gratings.g2_substrate_um) / 1000.0))
+    photons = spectrum.photons_per_mm2_mas * spectrum.absorbed_fraction * grating_t
+    weight = photons * energies
+    weight = weight / weight.sum()
+    mean_kev = float((photons * energies).sum() / photons.sum())
+    h = fringe_harmonic(energies, geometry, gratings)
+
+    y_det, x_det = pixel_grid(setup)
+    pitch = det.pixel_um / 1000.0
+    distance = geometry.source_detector_mm
+    cos3 = (distance / np.sqrt(distance**2 + y_det[:, None] ** 2 + x_det[None, :] ** 2)) ** 3
+    flux = pitch**2 * photons.sum() * cos3  # absorbed photons per mAs per pixel
+
+    fov_h, fov_w = field_of_view_mm(geometry, gratings)
+    inside = (np.abs(y_det)[:, None] <= fov_h / 2) & (np.abs(x_det)[None, :] <= fov_w / 2)
+    ifm = setup.interferometer
+    radius = np.hypot(y_det[:, None] / (fov_h / 2), x_det[None, :] / (fov_w / 2)) / np.sqrt(2)
+    visibility_map = np.clip(1 - ifm.visibility_variation * radius**2, 0, None) * inside
+    angle = np.deg2rad(ifm.moire_angle_deg)
+    moire = 2 * np.pi * ifm.moire_periods * (
+        x_det[None, :] * np.cos(angle) + y_det[:, None] * np.sin(angle)) / fov_w
+    fringe = visibility_map * np.exp(1j * moire)
+
+    mean = np.ones_like(flux)
+    harmonic = np.full(flux.shape, np.sum(weight * h), dtype=complex)
+    labels = np.zeros(flux.shape, dtype=np.int32)
+    if phantom is not None:
+        magnification = geometry.magnification
+        u = x_det / magnification - stage_mm[0]
+        v = y_det / magnification - stage_mm[1]
+        _add_phantom(phantom, u, v, pitch / magnification, energies, weight, h, setup,
+                     mean, harmonic, labels)
+    binning = det.binning
+    return Scene(
+        mean=bin_sum(flux * mean, binning).astype(np.float32),
+        harmonic=bin_sum(flux * harmonic * fringe, binning).astype(np.complex64),
+        labels=_bin_labels(labels, binning),
+        adu_per_photon=det.gain_adu_per_kev * mean_kev,
+    )
+
+
+def _bin_labels(labels: np.ndarray, binning: int) -> np.ndarray:
+    if binning == 1:
+        return labels
+    rows, cols = (s // binning * binning for s in labels.shape)
+    view = labels[:rows, :cols].reshape(rows // binning, binning, cols // binning, binning)
+    return view.max(axis=(1, 3))
+
+
+def _slab_profile(phantom: Phantom, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Slab thickness (mm) under each pixel, with soft edges."""
+    slab = phantom.slab
+    if slab is None:
+        return np.zeros((v.size, u.size))
+    edge = max(slab.edge_mm, 1e-6)
+    px = 0.5 * (1 + erf((slab.width_mm / 2 - np.abs(u)) / edge))
+    py = 0.5 * (1 + erf((slab.height_mm / 2 - np.abs(v)) / edge))
+    return slab.thickness_mm * py[:, None] * px[None, :]
+
+
+def _add_phantom(phantom, u, v, pixel_mm, energies, weight, h, setup, mean, harmonic, labels):
+    """Fill ``mean`` and ``harmonic`` (relative to the open beam) with the phantom's signal."""
+    geometry, gratings = setup.geometry, setup.gratings
+    slab = phantom.slab
+    medium = slab.material if slab else "air"
+    gland = slab.glandularity if slab else 0.5
+    mu_medium = mu_per_mm(medium, energies, gland)
+    delta_medium = delta(medium, energies, gland)
+    eps_medium = (slab.dark_field_per_mm if slab else 0.0) * (REFERENCE_KEV / energies) ** 2
+    lam = wavelength_um(energies)
+    xi = autocorrelation_length_um(energies, geometry, gratings)
+
+    thickness = _slab_profile(phantom, u, v)
+    if slab is not None:
+        table = np.linspace(0, slab.thickness_mm, SLAB_TABLE)
+        t = np.exp(-np.outer(table, mu_medium))
+        d = np.exp(-np.outer(table, eps_medium))
+        mean_table = t @ weight
+        harmonic_table = (t * d) @ (weight * h)
+        mean[:] = np.interp(thickness, table, mean_table)
+        harmonic[:] = (np.interp(thickness, table, harmonic_table.real)
+                       + 1j * np.interp(thickness, table, harmonic_table.imag))
+
+    index, path, grain_of, grains, cluster_of = _rasterise(phantom, u, v, pixel_mm)
+    if index.size == 0:
+        return
+    materials = sorted({g.material for g in grains})
+    mu_grain = {m: mu_per_mm(m, energies) - mu_medium for m in materials}
+    delta_grain = {m: delta(m, energies) - delta_medium for m in materials}
+    mu_g = np.array([mu_grain[g.material] for g in grains])  # (grains, E)
+    eps_g = np.array([scattering_per_mm(g.radius_um, delta_grain[g.material], lam, xi) for g in grains])
+    pixels, inverse = np.unique(index, return_inverse=True)
+    mu_px = np.zeros((pixels.size, energies.size))
+    eps_px = np.zeros((pixels.size, energies.size))
+    np.add.at(mu_px, inverse, path[:, None] * mu_g[grain_of])
+    np.add.at(eps_px, inverse, path[:, None] * eps_g[grain_of])
+    slab_px = thickness.ravel()[pixels][:, None]
+    t = np.exp(-(mu_px + slab_px * mu_medium))
+    d = np.exp(-(eps_px + slab_px * eps_medium))
+    flat_mean, flat_harmonic, flat_labels = mean.reshape(-1), harmonic.reshape(-1), labels.reshape(-1)
+    flat_mean[pixels] = t @ weight
+    flat_harmonic[pixels] = (t * d) @ (weight * h)
+    flat_labels[index] = cluster_of[grain_of] + 1
+
+    # refraction: the fringe shifts by d_eff times the gradient of the projected delta
+    effective = np.argmax(weight)
+    projected = np.zeros(mean.size)
+    np.add.at(projected, index, path * np.array([delta_grain[g.material][effective] for g in grains])[grain_of])
+    projected = projected.reshape(mean.shape) + thickness * delta_medium[effective]
+    d_eff_um = xi[effective] * gratings.g2_period_um / lam[effective]
+    gradient = np.gradient(projected, pixel_mm, axis=1)
+    harmonic *= np.exp(1j * 2 * np.pi * d_eff_um * gradient / gratings.g2_period_um)
+
+
+def _rasterise(phantom: Phantom, u: np.ndarray, v: np.ndarray, pixel_mm: float):
+    """Pixel-averaged chord length (mm) of every grain through the pixels it touches.
+
+    Returns flat pixel indices, path lengths, the grain of each entry, the grains, and the
+    cluster index of each grain.  Pixels are supersampled (5 x 5) for sub-pixel accuracy.
+    """
+    grains = [g for c in phantom.clusters for g in c.grains]
+    cluster_of = np.array([i for i, c in enumerate(phantom.clusters) for _ in c.grains], dtype=np.int32)
+    sub = 5
+    offsets = (np.arange(sub) + 0.5) / sub - 0.5
+    du = u[1] - u[0] if u.size > 1 else pixel_mm
+    dv = v[1] - v[0] if v.size > 1 else pixel_mm
+    index, path, grain_of = [], [], []
+    for gi, g in enumerate(grains):
+        r = g.radius_um / 1000.0
+        cols = np.flatnonzero(np.abs(u - g.x_mm) <= r + abs(du))
+        rows = np.flatnonzero(np.abs(v - g.y_mm) <= r + abs(dv))
+        if cols.size == 0 or rows.size == 0:
+            continue
+        su = (u[cols][:, None] + offsets[None, :] * du - g.x_mm).ravel()
+        sv = (v[rows][:, None] + offsets[None, :] * dv - g.y_mm).ravel()
+        rho2 = sv[:, None] ** 2 + su[None, :] ** 2
+        chord = 2 * np.sqrt(np.clip(r * r - rho2, 0, None))
+        chord = chord.reshape(rows.size, sub, cols.size, sub).mean(axis=(1, 3))
+        hit = chord > 0
+        if not hit.any():
+            continue
+        rr, cc = np.nonzero(hit)
+        index.append(rows[rr] * u.size + cols[cc])
+        path.append(chord[hit])
+        grain_of.append(np.full(rr.size, gi))
+    if not index:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, np.zeros(0), empty, grains, cluster_of
+    return np.concatenate(index), np.concatenate(path), np.concatenate(grain_of), grains, cluster_of

@@ -1,0 +1,131 @@
+"""A simulated PaxScan with the component names and documents of ``devices.PaxScanDetector``.
+
+Like areaDetector's HDF5 plugin in Stream mode: ``stage()`` opens a file and composes one
+Resource (spec ``AD_HDF5``); each ``trigger()`` makes a frame with the physics engine,
+waits the time-scaled exposure, appends it to ``/entry/data/data`` (N, rows, cols) and
+composes a Datum whose id is the event's ``detector_image``.  Files are written in SWMR
+mode so frames can be read while the file is still open.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import h5py
+from event_model import compose_resource
+from ophyd import Component as Cpt
+from ophyd import Device, Signal
+from ophyd.status import DeviceStatus
+
+from simulators.physics import detector_shape
+
+
+class SimCam(Device):
+    """The cam plugin's settings: exposure per frame (s), frames summed per image."""
+
+    acquire_time = Cpt(Signal, value=9.0, kind="config")
+    num_exposures = Cpt(Signal, value=1, kind="config")
+    acquire = Cpt(Signal, value=0, kind="omitted")
+    image_mode = Cpt(Signal, value="Single", kind="config")
+    array_counter = Cpt(Signal, value=0, kind="omitted")
+
+
+class SimHDF5(Device):
+    """The HDF5 plugin's file settings and counters."""
+
+    file_path = Cpt(Signal, value="", kind="config")
+    file_name = Cpt(Signal, value="", kind="omitted")
+    full_file_name = Cpt(Signal, value="", kind="omitted")
+    num_captured = Cpt(Signal, value=0, kind="omitted")
+
+
+class SimPaxScan(Device):
+    """Flat-panel twin: frames from the physics engine, written to HDF5, read as datum ids."""
+
+    cam = Cpt(SimCam, "cam1:")
+    hdf1 = Cpt(SimHDF5, "HDF1:")
+    image = Cpt(Signal, value="", kind="normal")
+
+    def __init__(self, prefix="", *, name, world, write_path, **kwargs):
+        super().__init__(prefix, name=name, **kwargs)
+        self.world = world
+        self.hdf1.file_path.put(str(Path(write_path)))
+        self._file = None
+        self._resource = None
+        self._asset_docs: list[tuple[str, dict]] = []
+        self._lock = threading.Lock()
+
+    def stage(self):
+        path = Path(self.hdf1.file_path.get())
+        path.mkdir(parents=True, exist_ok=True)
+        name = uuid.uuid4().hex[:12]
+        filename = path.resolve() / f"{name}_000000.h5"
+        rows, cols = detector_shape(self.world.setup)
+        self._file = h5py.File(filename, "w", libver="latest")
+        self._dataset = self._file.create_dataset(
+            "entry/data/data", shape=(0, rows, cols), maxshape=(None, rows, cols),
+            dtype="<u2", chunks=(1, rows, cols))
+        self._file.swmr_mode = True
+        self._resource = compose_resource(spec="AD_HDF5", root="/",
+                                          resource_path=str(filename).lstrip("/"),
+                                          resource_kwargs={"frame_per_point": 1})
+        self._asset_docs = [("resource", self._resource.resource_doc)]
+        self.hdf1.file_name.put(name)
+        self.hdf1.full_file_name.put(str(filename))
+        self.hdf1.num_captured.put(0)
+        return super().stage()
+
+    def unstage(self):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        return super().unstage()
+
+    def trigger(self):
+        if self._file is None:
+            raise RuntimeError(f"{self.name}: trigger before stage (no file open)")
+        status = DeviceStatus(self)
+        exposure = float(self.cam.acquire_time.get()) * int(self.cam.num_exposures.get())
+        self.cam.acquire.put(1)
+        started = time.monotonic()
+        frame = self.world.frame(exposure)  # the state at the start of the exposure
+
+        def finish():
+            try:
+                time.sleep(max(exposure * self.world.time_scale - (time.monotonic() - started), 0))
+                self._append(frame)
+                self.cam.acquire.put(0)
+                status.set_finished()
+            except Exception as err:  # a failed write fails the trigger
+                status.set_exception(err)
+
+        threading.Thread(target=finish, daemon=True, name=f"{self.name}-exposure").start()
+        return status
+
+    def _append(self, frame) -> None:
+        with self._lock:
+            index = self._dataset.shape[0]
+            self._dataset.resize(index + 1, axis=0)
+            self._dataset[index] = frame
+            self._dataset.flush()
+            datum = self._resource.compose_datum(datum_kwargs={"point_number": index})
+            self._asset_docs.append(("datum", datum))
+            self.image.put(datum["datum_id"])
+            self.cam.array_counter.put(self.cam.array_counter.get() + 1)
+            self.hdf1.num_captured.put(index + 1)
+
+    def describe(self):
+        description = super().describe()
+        rows, cols = detector_shape(self.world.setup)
+        description[self.image.name].update(
+            source=f"SIM:{self.name}:image", dtype="array", shape=[rows, cols],
+            external="FILESTORE:", dtype_numpy="<u2")
+        return description
+
+    def collect_asset_docs(self):
+        with self._lock:
+            docs, self._asset_docs = self._asset_docs, []
+        yield from docs

@@ -1,0 +1,92 @@
+"""A simulated rotating-anode generator with the component names of ``devices.XRayTube``.
+
+Setpoints are checked like the generator would: kV and mA within limits, the shutter opens
+only with HV on, the interlock chain closed (``interlock`` = 1) and no fault; a refused
+command fails its Status, so a plan sees it.  ``trip_interlock()``/``clear_interlock()``
+and ``trip_arc()`` let tests break the source the way the hardware breaks.
+"""
+
+from __future__ import annotations
+
+from ophyd import Component as Cpt
+from ophyd import Device, Signal
+
+from simulators.physics import TubeState
+
+
+class RefusedCommand(RuntimeError):
+    """The generator refused a command (readback did not follow)."""
+
+
+class CheckedSignal(Signal):
+    """A setpoint whose puts the parent tube checks first."""
+
+    def put(self, value, *, force=False, **kwargs):
+        if not force:
+            self.parent.check(self.attr_name, value)
+        super().put(value, **kwargs)
+
+
+class SimTube(Device):
+    """Tube voltage (kV), current (mA), HV, shutter (1 open), interlock (1 = closed, ok)."""
+
+    kv = Cpt(CheckedSignal, value=0.0, kind="normal")
+    ma = Cpt(CheckedSignal, value=0.0, kind="normal")
+    hv_on = Cpt(CheckedSignal, value=1, kind="normal")
+    shutter = Cpt(CheckedSignal, value=0, kind="normal")
+    interlock = Cpt(Signal, value=1, kind="normal")
+    fault = Cpt(Signal, value=0, kind="normal")
+    arc = Cpt(Signal, value=0, kind="omitted")
+    fault_reset = Cpt(CheckedSignal, value=0, kind="omitted")
+    state = Cpt(Signal, value="ready", kind="config")
+
+    def __init__(self, prefix="", *, name, kv_max=50.0, ma_max=100.0, **kwargs):
+        super().__init__(prefix, name=name, **kwargs)
+        self.kv_max, self.ma_max = kv_max, ma_max
+
+    def check(self, attr: str, value) -> None:
+        """Refuse what the generator refuses (raises RefusedCommand)."""
+        if attr == "kv" and not 0 <= value <= self.kv_max:
+            raise RefusedCommand(f"{self.name}: {value} kV is outside 0..{self.kv_max} kV")
+        if attr == "ma" and not 0 <= value <= self.ma_max:
+            raise RefusedCommand(f"{self.name}: {value} mA is outside 0..{self.ma_max} mA")
+        if attr == "shutter" and value:
+            if not self.interlock.get():
+                raise RefusedCommand(f"{self.name}: shutter refused, interlock open")
+            if self.fault.get():
+                raise RefusedCommand(f"{self.name}: shutter refused, generator fault")
+            if not self.hv_on.get():
+                raise RefusedCommand(f"{self.name}: shutter refused, high voltage off")
+        if attr == "fault_reset" and value and not self.interlock.get():
+            raise RefusedCommand(f"{self.name}: fault reset refused, interlock open")
+        if attr == "fault_reset" and value:
+            self.fault.put(0)
+            self.arc.put(0)
+            self.state.put("ready" if self.hv_on.get() else "standby")
+
+    def tube_state(self) -> TubeState:
+        """The operating point the physics engine needs."""
+        return TubeState(kv=float(self.kv.get()), ma=float(self.ma.get()),
+                         shutter_open=bool(self.shutter.get()), hv_on=bool(self.hv_on.get()))
+
+    def stop(self, *, success=False):
+        """Any stop of a plan touching the tube closes the shutter."""
+        self.shutter.put(0, force=True)
+        super().stop(success=success)
+
+    def trip_interlock(self) -> None:
+        """Open the interlock chain: the shutter closes at once (tests)."""
+        self.interlock.put(0)
+        self.shutter.put(0, force=True)
+        self.state.put("interlocked")
+
+    def clear_interlock(self) -> None:
+        self.interlock.put(1)
+        self.state.put("ready" if not self.fault.get() else "fault")
+
+    def trip_arc(self) -> None:
+        """An arc in the tube: fault, shutter closed until a fault reset (tests)."""
+        self.arc.put(1)
+        self.fault.put(1)
+        self.shutter.put(0, force=True)
+        self.state.put("fault")

@@ -1,0 +1,44 @@
+"""The simulated world the twins share: physics setup, phantom, clock and noise seeds."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from simulators.physics import Phantom, Setup, simulate_frame
+
+
+@dataclass
+class SimWorld:
+    """What the detector twin needs to make a frame: where G2 and the stage are, the tube.
+
+    ``time_scale`` is wall seconds per recorded second; ``clock_s`` is the recorded time
+    the exposures have taken so far (drives the fringe-phase drift of the engine).
+    """
+
+    setup: Setup
+    phantom: Phantom | None
+    time_scale: float = 1.0
+    seed: int = 0
+    clock_s: float = 0.0
+    g2: object = None
+    stage: object = None
+    tube: object = None
+    _frames: itertools.count = field(default_factory=itertools.count)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def frame(self, exposure_s: float) -> np.ndarray:
+        """One frame of the current state (uint16 ADU); advances the recorded clock."""
+        with self._lock:
+            seed = self.seed * 1_000_003 + next(self._frames)
+            time_s = self.clock_s
+            self.clock_s += exposure_s
+        return simulate_frame(
+            self.setup, self.phantom,
+            g2_um=float(self.g2.position),
+            stage_mm=(float(self.stage.x.position), float(self.stage.y.position)),
+            tube=self.tube.tube_state(), exposure_s=exposure_s, seed=seed, time_s=time_s,
+        )
