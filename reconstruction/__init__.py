@@ -3,16 +3,19 @@
 Retrieval of transmission, dark-field and differential phase from phase-stepping scans,
 segmentation of calcification clusters, tissue normalisation (eq. 2) and the mu/eps
 microtexture classification of Scherer et al., Sci Rep 6:36991 (2016), Table 1.
+See docs/reconstruction.md.
 """
 
 from .clusters import ClusterAnalysis, analyse_clusters
 from .microtexture import SUSPICIOUS_RATIO, TABLE_1, TEXTURES, Microtexture, classify_microtexture
-from .normalisation import normalise_to_surroundings
-from .segmentation import segment_clusters
-from .stepping import Retrieval, SteppingFit, fit_stepping, retrieve
+from .normalisation import normalise_to_surroundings, surrounding_tissue
+from .retrieval import Retrieval, retrieve
+from .segmentation import calcified_mask, segment_clusters
+from .stepping import SteppingFit, fit_stepping, wrap_phase
 
 __all__ = [
     "ClusterAnalysis", "Microtexture", "Retrieval", "SteppingFit", "SUSPICIOUS_RATIO",
-    "TABLE_1", "TEXTURES", "analyse_clusters", "classify_microtexture", "fit_stepping",
-    "normalise_to_surroundings", "retrieve", "segment_clusters",
+    "TABLE_1", "TEXTURES", "analyse_clusters", "calcified_mask", "classify_microtexture",
+    "fit_stepping", "normalise_to_surroundings", "retrieve", "segment_clusters",
+    "surrounding_tissue", "wrap_phase",
 ]

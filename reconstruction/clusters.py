@@ -1,4 +1,11 @@
-"""The whole cluster analysis of one retrieved projection: segment, normalise, classify."""
+"""The whole cluster analysis of one retrieved projection: segment, normalise, classify.
+
+Which pixels enter a cluster's mu/eps: the *calcified* pixels inside its label (those
+exceeding the thresholds of :func:`calcified_mask`), not the tissue the closing added
+between the grains.  Those tissue pixels carry mu ~ eps ~ 0 plus noise: they add nothing
+to ``sum(mu*eps)`` but their eps noise adds to ``sum(eps**2)``, pulling the least-squares
+slope towards zero (regression dilution).  See docs/reconstruction.md.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +15,22 @@ import numpy as np
 from scipy import ndimage
 
 from .microtexture import classify_microtexture
-from .normalisation import normalise_to_surroundings
-from .segmentation import segment_clusters
+from .normalisation import check_labels, surrounding_tissue
+from .segmentation import calcified_mask, check_images, label_clusters
+
+MASK_KWARGS = ("eps_threshold", "mu_threshold", "k_sigma", "background_px")
+LABEL_KWARGS = ("min_pixels", "closing")
+RING_KWARGS = ("ring_px", "gap_px")
 
 
 @dataclass(frozen=True)
 class ClusterAnalysis:
-    """One calcification cluster: where, how big, its mu/eps ratio and Table 1 class."""
+    """One calcification cluster: where, how big, its mu/eps ratio and Table 1 class.
+
+    ``centroid_px``: (row, col) of its calcified pixels; ``n_pixels``: calcified pixels with
+    finite mu and eps; ``mu``, ``eps``: their tissue-normalised values; ``Ts``, ``Vs``: the
+    medians of T and V of the surrounding tissue (eq. 2).
+    """
 
     label: int
     centroid_px: tuple[float, float]
@@ -31,24 +47,47 @@ class ClusterAnalysis:
 
 
 def analyse_clusters(transmission, dark_field, labels=None, **segment_kwargs) -> list[ClusterAnalysis]:
-    """Classify every cluster of a T/V image pair (``labels`` from :func:`segment_clusters`
-    if not given); clusters that do not scatter are skipped."""
+    """Classify every cluster of a T/V image pair, sorted by label.
+
+    ``labels``: a label image (0 = background), default :func:`segment_clusters` with
+    ``segment_kwargs``.  The threshold keywords of ``segment_kwargs`` (``eps_threshold``,
+    ``mu_threshold``, ``k_sigma``, ``background_px``) also pick the calcified pixels inside
+    given labels; ``ring_px``/``gap_px`` go to the tissue ring.  A cluster with fewer than
+    3 calcified pixels, no scattering ones or no tissue ring cannot be classified and is
+    left out.
+    """
+    transmission, dark_field = check_images(transmission, dark_field)
+    ring_kwargs = {k: segment_kwargs.pop(k) for k in RING_KWARGS if k in segment_kwargs}
+    label_kwargs = {k: segment_kwargs.pop(k) for k in LABEL_KWARGS if k in segment_kwargs}
+    unknown = sorted(segment_kwargs.keys() - set(MASK_KWARGS))
+    if unknown:
+        raise TypeError(f"analyse_clusters got unexpected keyword arguments {unknown}")
+    mask = calcified_mask(transmission, dark_field, **segment_kwargs)
     if labels is None:
-        labels = segment_clusters(transmission, dark_field, **segment_kwargs)
-    normalised = normalise_to_surroundings(transmission, dark_field, labels)
-    centroids = ndimage.center_of_mass(labels > 0, labels, list(normalised))
+        labels = label_clusters(mask, **label_kwargs)  # as segment_clusters, one mask
+    labels = check_labels(labels, transmission.shape)
+    tissue = surrounding_tissue(transmission, dark_field, labels, **ring_kwargs)
     result = []
-    for (label, (tc, vc, ts, vs)), centroid in zip(normalised.items(), centroids):
+    for index, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        pixels = (labels[box] == index) & mask[box]
+        ts, vs = tissue[index]
+        if pixels.sum() < 3 or not (np.isfinite(ts) and np.isfinite(vs)):
+            continue
         with np.errstate(divide="ignore", invalid="ignore"):
-            mu, eps = -np.log(tc), -np.log(vc)
+            mu = -np.log(transmission[box][pixels] / ts)
+            eps = -np.log(dark_field[box][pixels] / vs)
         try:
             texture = classify_microtexture(mu, eps)
         except ValueError:
             continue
+        rows, cols = np.nonzero(pixels)
         result.append(ClusterAnalysis(
-            label=label, centroid_px=(float(centroid[0]), float(centroid[1])),
+            label=index,
+            centroid_px=(float(rows.mean() + box[0].start), float(cols.mean() + box[1].start)),
             n_pixels=texture.n_pixels, ratio=texture.ratio, variance=texture.variance,
-            texture=texture.texture, borderline=texture.borderline,
-            suspicious=texture.suspicious, mu=texture.mu, eps=texture.eps, Ts=ts, Vs=vs,
+            texture=texture.texture, borderline=texture.borderline, suspicious=texture.suspicious,
+            mu=texture.mu, eps=texture.eps, Ts=ts, Vs=vs,
         ))
     return result

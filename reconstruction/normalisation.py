@@ -1,8 +1,10 @@
 """Normalise a cluster's T and V by the surrounding tissue (paper eq. 2).
 
-Scherer et al. 2016, Methods: for a cluster much thinner than the specimen,
-``Tc = T/Ts`` and ``Vc = V/Vs`` retrieve the signal of the calcification alone; Ts and Vs
-are the medians of T and V over a ring of tissue around the cluster.
+Scherer et al. 2016, Methods ("Data normalization"): for a cluster much thinner than the
+specimen, ``Tc = T/Ts`` and ``Vc = V/Vs`` retrieve the signal of the calcification alone.
+Ts and Vs are the medians of T and V over a ring of tissue around the cluster: the pixels
+more than ``gap_px`` and at most ``gap_px + ring_px`` pixels (Euclidean) from it, without
+other clusters' pixels and without NaNs.
 """
 
 from __future__ import annotations
@@ -10,37 +12,69 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from .segmentation import check_images
 
-def surroundings(labels: np.ndarray, label: int, *, ring_px: int = 6, gap_px: int = 3,
-                 hull_px: int = 8) -> np.ndarray:
-    """Mask of the tissue ring around cluster ``label``: outside its hull, no other cluster."""
-    cluster = labels == label
-    hull = ndimage.binary_closing(ndimage.binary_dilation(cluster, iterations=hull_px),
-                                  iterations=hull_px) if hull_px else cluster
-    inner = ndimage.binary_dilation(hull, iterations=gap_px) if gap_px else hull
-    outer = ndimage.binary_dilation(inner, iterations=ring_px)
-    others = ndimage.binary_dilation((labels > 0) & ~cluster, iterations=gap_px + 1)
-    return outer & ~inner & ~others
+MIN_RING_PIXELS = 3
 
 
-def normalise_to_surroundings(transmission, dark_field, labels, *, ring_px: int = 6,
-                              gap_px: int = 3) -> dict[int, tuple[np.ndarray, np.ndarray, float, float]]:
-    """Per cluster label: (Tc, Vc) of its pixels and the ring medians (Ts, Vs)."""
-    transmission = np.asarray(transmission, dtype=np.float64)
-    dark_field = np.asarray(dark_field, dtype=np.float64)
+def check_labels(labels, shape: tuple[int, int]) -> np.ndarray:
+    """An integer label image of ``shape`` (0 = background), or a ValueError."""
     labels = np.asarray(labels)
-    if not transmission.shape == dark_field.shape == labels.shape:
-        raise ValueError(
-            f"transmission {transmission.shape}, dark_field {dark_field.shape} and labels "
-            f"{labels.shape} must have the same shape"
-        )
+    if labels.shape != shape:
+        raise ValueError(f"labels has shape {labels.shape}, the images {shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        if labels.dtype == bool:
+            return labels.astype(np.int32)
+        raise ValueError(f"labels must be an integer label image, got dtype {labels.dtype}")
+    if labels.min(initial=0) < 0:
+        raise ValueError("labels must be >= 0 (0 = background)")
+    return labels
+
+
+def _check_ring(ring_px, gap_px) -> None:
+    if not np.isfinite(ring_px) or ring_px < 1:
+        raise ValueError(f"ring_px must be >= 1 pixel, got {ring_px}")
+    if not np.isfinite(gap_px) or gap_px < 0:
+        raise ValueError(f"gap_px must be >= 0 pixels, got {gap_px}")
+
+
+def surrounding_tissue(transmission, dark_field, labels, *, ring_px: float = 6,
+                       gap_px: float = 2) -> dict[int, tuple[float, float]]:
+    """Per cluster label: (Ts, Vs), the medians of T and V over its ring of tissue
+    (NaN, NaN) if the ring has fewer than 3 usable pixels."""
+    transmission, dark_field = check_images(transmission, dark_field)
+    labels = check_labels(labels, transmission.shape)
+    _check_ring(ring_px, gap_px)
+    usable = np.isfinite(transmission) & np.isfinite(dark_field)
+    reach = int(np.ceil(gap_px + ring_px)) + 1
     result = {}
-    for label in np.unique(labels[labels > 0]):
-        ring = surroundings(labels, label, ring_px=ring_px, gap_px=gap_px)
-        ring &= np.isfinite(transmission) & np.isfinite(dark_field)
-        if ring.sum() < 3:
-            raise ValueError(f"cluster {label} has no surrounding tissue to normalise by")
-        ts, vs = float(np.median(transmission[ring])), float(np.median(dark_field[ring]))
-        pixels = labels == label
-        result[int(label)] = (transmission[pixels] / ts, dark_field[pixels] / vs, ts, vs)
+    for index, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        box = tuple(slice(max(s.start - reach, 0), s.stop + reach) for s in box)
+        crop = labels[box]
+        distance = ndimage.distance_transform_edt(crop != index)
+        ring = (distance > gap_px) & (distance <= gap_px + ring_px) & (crop == 0) & usable[box]
+        if ring.sum() < MIN_RING_PIXELS:  # enclosed by other clusters or NaNs
+            result[index] = (np.nan, np.nan)
+        else:
+            result[index] = (float(np.median(transmission[box][ring])),
+                             float(np.median(dark_field[box][ring])))
+    return result
+
+
+def normalise_to_surroundings(transmission, dark_field, labels, *, ring_px: float = 6,
+                              gap_px: float = 2) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per cluster label: (Tc, Vc) = (T/Ts, V/Vs) of its pixels, in ``np.nonzero`` order."""
+    transmission, dark_field = check_images(transmission, dark_field)
+    labels = check_labels(labels, transmission.shape)
+    tissue = surrounding_tissue(transmission, dark_field, labels, ring_px=ring_px, gap_px=gap_px)
+    result = {}
+    for index, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        inside = labels[box] == index
+        ts, vs = tissue[index]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            result[index] = (transmission[box][inside] / ts, dark_field[box][inside] / vs)
     return result

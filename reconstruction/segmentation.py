@@ -1,13 +1,13 @@
 """Find calcification clusters in T and V images: threshold, merge grains, label.
 
-A calcified pixel absorbs or scatters clearly more than its neighbourhood: the local
-background of mu = -ln T and eps = -ln V is a median over ``background_px`` (computed on
-8 x 8 tile medians, so it ignores clusters smaller than that and follows the slab and the
-field), the noise is the robust sigma
-(MAD) of the excess, and a pixel is calcified where either excess exceeds ``k_sigma``
-sigma.  Calcified pixels within ``merge_px`` of each other form one cluster
-(``scipy.ndimage.label`` of the dilated mask); clusters with fewer than ``min_pixels``
-calcified pixels are dropped.
+Paper, Methods ("Data normalization"): calcifications are discriminated from the tissue by
+thresholding and labelling.  Here a pixel is *calcified* when its absorption power
+mu = -ln T **or** its scattering power eps = -ln V exceeds the local tissue background
+(:func:`reconstruction.background.local_excess`) by a threshold: ``k_sigma`` times the
+robust local noise sigma by default, or an absolute ``mu_threshold``/``eps_threshold``.
+A morphological closing with a disc of radius ``closing`` pixels merges the grains of one
+cluster; ``scipy.ndimage.label`` numbers the closed regions; a region with fewer than
+``min_pixels`` calcified pixels is dropped.
 """
 
 from __future__ import annotations
@@ -15,88 +15,102 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-MAD_TO_SIGMA = 1.4826
+from .background import local_excess, negative_log
+
+DEFAULT_K_SIGMA = 5.0
+DEFAULT_CLOSING_PX = 12
+"""Closing radius (pixels): grains less than ~2 mm apart (at 85 um pixels) merge into one
+cluster, clusters >= 4 mm apart stay separate."""
+DEFAULT_BACKGROUND_PX = 81
+"""Side of the opening square (pixels, ~7 mm at 85 um): wider than a cluster."""
 
 
-def _negative_log(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return -np.log(np.where(image > 0, image, np.nan))
+def check_images(transmission, dark_field) -> tuple[np.ndarray, np.ndarray]:
+    """T and V as float64 2-D arrays of one shape, or a ValueError naming the problem."""
+    transmission = np.asarray(transmission, dtype=np.float64)
+    dark_field = np.asarray(dark_field, dtype=np.float64)
+    if transmission.ndim != 2:
+        raise ValueError(f"transmission must be a 2-D image, got shape {transmission.shape}")
+    if dark_field.shape != transmission.shape:
+        raise ValueError(f"dark_field has shape {dark_field.shape}, transmission {transmission.shape}")
+    return transmission, dark_field
 
 
-def local_background(image: np.ndarray, background_px: int, block: int = 8) -> np.ndarray:
-    """Robust smooth background: medians of ``block`` x ``block`` tiles, median-filtered
-    over ``background_px`` and interpolated back to full size (NaNs ignored)."""
-    rows, cols = image.shape
-    block = max(1, min(block, rows // 4 or 1, cols // 4 or 1))
-    padded = np.pad(image, ((0, -rows % block), (0, -cols % block)), mode="reflect")
-    tiles = padded.reshape(padded.shape[0] // block, block, padded.shape[1] // block, block)
-    with np.errstate(all="ignore"):
-        coarse = np.nanmedian(tiles.transpose(0, 2, 1, 3).reshape(*tiles.shape[::2], -1), axis=-1)
-    coarse = np.where(np.isfinite(coarse), coarse, np.nanmedian(coarse))
-    coarse = ndimage.median_filter(coarse, size=max(background_px // block, 1), mode="nearest")
-    zoomed = ndimage.zoom(coarse, block, order=1, mode="nearest", grid_mode=True)
-    return zoomed[:rows, :cols]
+def _threshold(value, name: str) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number (or None for k_sigma * noise), got {value}")
+    return value
 
 
-def local_excess(image: np.ndarray, background_px: int) -> np.ndarray:
-    """``image`` minus its local background; NaN pixels give 0."""
-    finite = np.isfinite(image)
-    if not finite.any():
-        return np.zeros(image.shape)
-    background = local_background(np.where(finite, image, np.nan), background_px)
-    return np.where(finite, image - background, 0.0)
+def calcified_mask(transmission, dark_field, *, eps_threshold=None, mu_threshold=None,
+                   k_sigma: float = DEFAULT_K_SIGMA,
+                   background_px: int = DEFAULT_BACKGROUND_PX) -> np.ndarray:
+    """Pixels whose mu or eps exceeds the local tissue background by the threshold.
 
-
-def robust_sigma(values: np.ndarray) -> float:
-    """Noise sigma from the median absolute deviation of ``values``."""
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return np.inf
-    sigma = MAD_TO_SIGMA * np.median(np.abs(values - np.median(values)))
-    return float(sigma) if sigma > 0 else float(np.std(values)) or np.inf
-
-
-def calcified_mask(transmission, dark_field, *, k_sigma: float = 5.0,
-                   background_px: int = 61) -> np.ndarray:
-    """Pixels whose absorption or scattering clearly exceeds the local background."""
-    mask = np.zeros(np.shape(transmission), dtype=bool)
-    for image in (_negative_log(transmission), _negative_log(dark_field)):
-        excess = local_excess(image, background_px)
-        mask |= excess > k_sigma * robust_sigma(excess)
-    return ndimage.binary_opening(mask, structure=np.ones((2, 2))) | _strong(mask)
-
-
-def _strong(mask: np.ndarray) -> np.ndarray:
-    """Keep single pixels that have a calcified 8-neighbour (opening would drop them)."""
-    neighbours = ndimage.convolve(mask.astype(np.int8), np.ones((3, 3), np.int8), mode="constant")
-    return mask & (neighbours >= 3)
-
-
-def segment_clusters(transmission, dark_field, *, k_sigma: float = 5.0, background_px: int = 61,
-                     merge_px: int = 8, min_pixels: int = 20) -> np.ndarray:
-    """Label image of calcification clusters (int32, 0 = background).
-
-    Only calcified pixels carry a cluster's label; the pixels between its grains stay 0.
+    ``eps_threshold``/``mu_threshold``: absolute excess of eps = -ln V / mu = -ln T over the
+    local background; None: ``k_sigma`` times the robust local noise sigma of that image.
     """
-    transmission = np.asarray(transmission)
-    if transmission.ndim != 2 or np.shape(dark_field) != transmission.shape:
-        raise ValueError(
-            f"transmission {transmission.shape} and dark_field {np.shape(dark_field)} "
-            "must be 2-D images of the same shape"
-        )
-    mask = calcified_mask(transmission, dark_field, k_sigma=k_sigma, background_px=background_px)
-    disk = _disk(merge_px)
-    groups, count = ndimage.label(ndimage.binary_dilation(mask, structure=disk))
-    labels = np.where(mask, groups, 0)
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)
-    keep = np.flatnonzero(sizes >= min_pixels)
+    transmission, dark_field = check_images(transmission, dark_field)
+    eps_threshold = _threshold(eps_threshold, "eps_threshold")
+    mu_threshold = _threshold(mu_threshold, "mu_threshold")
+    if not np.isfinite(k_sigma) or k_sigma <= 0:
+        raise ValueError(f"k_sigma must be a positive number, got {k_sigma}")
+    mask = np.zeros(transmission.shape, dtype=bool)
+    for image, threshold in ((negative_log(transmission), mu_threshold),
+                             (negative_log(dark_field), eps_threshold)):
+        excess, sigma = local_excess(image, background_px=int(background_px))
+        mask |= excess > (k_sigma * sigma if threshold is None else threshold)
+    return mask
+
+
+def _check_label_arguments(min_pixels, closing) -> None:
+    if int(min_pixels) != min_pixels or min_pixels < 1:
+        raise ValueError(f"min_pixels must be a positive integer, got {min_pixels}")
+    if not np.isfinite(closing) or closing < 0:
+        raise ValueError(f"closing must be a radius in pixels >= 0, got {closing}")
+
+
+def merge_grains(mask: np.ndarray, radius_px: float) -> np.ndarray:
+    """Morphological closing of ``mask`` with a disc of ``radius_px`` (Euclidean, via the
+    distance transform, no border erosion); always contains ``mask``."""
+    if radius_px <= 0 or not mask.any():
+        return mask.copy()
+    dilated = ndimage.distance_transform_edt(~mask) <= radius_px
+    if dilated.all():
+        return dilated
+    return (ndimage.distance_transform_edt(dilated) > radius_px) | mask
+
+
+def segment_clusters(transmission, dark_field, *, eps_threshold=None, mu_threshold=None,
+                     min_pixels: int = 20, closing: float = DEFAULT_CLOSING_PX,
+                     k_sigma: float = DEFAULT_K_SIGMA,
+                     background_px: int = DEFAULT_BACKGROUND_PX) -> np.ndarray:
+    """Label image of calcification clusters: int32, 0 = background, 1..n in scan order.
+
+    A label covers the closed region of a cluster (its grains and the tissue between
+    them); :func:`calcified_mask` says which of its pixels are calcified.  ``closing``:
+    radius (pixels) of the disc that merges grains; ``min_pixels``: fewest calcified pixels
+    of a kept cluster.  Thresholds as in :func:`calcified_mask`.
+    """
+    check_images(transmission, dark_field)
+    _check_label_arguments(min_pixels, closing)
+    mask = calcified_mask(transmission, dark_field, eps_threshold=eps_threshold,
+                          mu_threshold=mu_threshold, k_sigma=k_sigma, background_px=background_px)
+    return label_clusters(mask, min_pixels=min_pixels, closing=closing)
+
+
+def label_clusters(mask: np.ndarray, *, min_pixels: int = 20,
+                   closing: float = DEFAULT_CLOSING_PX) -> np.ndarray:
+    """Label the closed regions of a calcified-pixel mask, as :func:`segment_clusters`."""
+    _check_label_arguments(min_pixels, closing)
+    mask = np.asarray(mask, dtype=bool)
+    regions, count = ndimage.label(merge_grains(mask, closing))
+    calcified = np.bincount(regions[mask], minlength=count + 1)
+    keep = np.flatnonzero(calcified >= min_pixels)
     keep = keep[keep > 0]
     relabel = np.zeros(count + 1, dtype=np.int32)
-    relabel[keep] = np.arange(1, keep.size + 1)
-    return relabel[labels]
-
-
-def _disk(radius: int) -> np.ndarray:
-    y, x = np.mgrid[-radius:radius + 1, -radius:radius + 1]
-    return x * x + y * y <= radius * radius
+    relabel[keep] = np.arange(1, keep.size + 1, dtype=np.int32)
+    return relabel[regions]
