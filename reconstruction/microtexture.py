@@ -33,7 +33,8 @@ class Microtexture:
 
     ratio: float
     variance: float
-    """Var(mu/eps) over the pixels with eps > 0 (population variance)."""
+    """Var(mu/eps) about the ratio, each pixel weighted by eps^2 (the weights of the slope):
+    ``sum((mu - ratio*eps)^2) / sum(eps^2)``.  Pixels that barely scatter do not dominate."""
     texture: str
     borderline: bool
     """The ratio fell into a gap of Table 1 and went to the class of the nearest boundary."""
@@ -80,7 +81,7 @@ def classify_microtexture(mu, eps) -> Microtexture:
     if not scattering.any():
         raise ValueError("eps <= 0 in every pixel: the cluster does not scatter, mu/eps is undefined")
     ratio = float(np.sum(mu * eps) / np.sum(eps * eps))
-    variance = float(np.var(mu[scattering] / eps[scattering]))
+    variance = float(np.sum((mu - ratio * eps) ** 2) / np.sum(eps * eps))
     texture, borderline = texture_of(ratio)
     return Microtexture(ratio=ratio, variance=variance, texture=texture, borderline=borderline,
                         suspicious=bool(ratio > SUSPICIOUS_RATIO + TOLERANCE), n_pixels=int(mu.size),
