@@ -18,11 +18,17 @@ class FrameReadError(OSError):
 
 
 def _open(filename: str) -> h5py.File:
+    """Open a finished file normally (HDF5 then checks it is complete), or a file that is
+    still being written in SWMR mode."""
     try:
-        return h5py.File(filename, "r", swmr=True)
+        return h5py.File(filename, "r")
+    except FileNotFoundError:
+        raise FrameReadError(f"{filename}: no such file") from None
     except OSError as err:
+        if "truncated" in str(err) or "signature" in str(err):
+            raise FrameReadError(f"{filename}: not a complete HDF5 file ({err})") from None
         try:
-            return h5py.File(filename, "r")
+            return h5py.File(filename, "r", swmr=True)
         except OSError:
             raise FrameReadError(f"{filename}: cannot open HDF5 file ({err})") from None
 
