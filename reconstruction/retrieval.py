@@ -62,7 +62,18 @@ def _negative_log(values: np.ndarray) -> np.ndarray:
         return -np.log(np.where(values > 0, values, np.nan))
 
 
-def retrieve(sample, reference, dark=None, *, steps=None, reference_steps=None, period=None) -> Retrieval:
+def _saturated(stack: np.ndarray, saturation) -> np.ndarray | None:
+    """Pixels where any raw frame reaches ``saturation`` (default: an unsigned stack's
+    largest value, e.g. 65535 for a 16-bit panel); None when nothing is checked."""
+    if saturation is None:
+        if not np.issubdtype(stack.dtype, np.unsignedinteger):
+            return None
+        saturation = np.iinfo(stack.dtype).max
+    return stack.max(axis=0) >= saturation
+
+
+def retrieve(sample, reference, dark=None, *, steps=None, reference_steps=None, period=None,
+             saturation=None) -> Retrieval:
     """Transmission, dark-field, differential phase, mu and eps of a sample scan.
 
     ``sample``: raw (n_steps, ny, nx) stack; ``reference``: a raw stack (without sample) or
@@ -70,6 +81,8 @@ def retrieve(sample, reference, dark=None, *, steps=None, reference_steps=None, 
     3-D stack of dark frames (averaged), subtracted from every raw step of sample and
     reference.  ``steps``: the sample's G2 positions in the unit of ``period``;
     ``reference_steps``: the reference's (default: ``steps``).  See :func:`fit_stepping`.
+    Pixels that saturate in any raw frame (``saturation``, default the maximum of an
+    unsigned integer stack) are NaN in every output: hot pixels, overexposure.
     """
     sample = _stack(sample, "sample")
     frame_shape = sample.shape[1:]
@@ -100,12 +113,16 @@ def retrieve(sample, reference, dark=None, *, steps=None, reference_steps=None, 
 
     a0s = sample_fit.a0
     usable = a0r > 0  # False for NaN too
+    for raw in (sample, reference):
+        saturated = _saturated(raw, saturation) if isinstance(raw, np.ndarray) else None
+        if saturated is not None:
+            usable = usable & ~saturated
     with np.errstate(divide="ignore", invalid="ignore"):
         transmission = np.where(usable, a0s / a0r, np.nan)
         reference_visibility = np.asarray(reference_fit.a1, dtype=np.float64) / a0r
         dark_field = np.where(usable & (a0s > 0) & (reference_visibility > 0),
                               (sample_fit.a1 / a0s) / reference_visibility, np.nan)
-    phase = wrap_phase(sample_fit.phi - reference_fit.phi)
+    phase = np.where(usable, wrap_phase(sample_fit.phi - reference_fit.phi), np.nan)
     return Retrieval(
         transmission=transmission,
         dark_field=dark_field,

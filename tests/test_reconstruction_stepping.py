@@ -189,3 +189,22 @@ def test_the_library_imports_nothing_of_ours():
             "bad = [m for m in ('acquisition', 'devices', 'simulators', 'bluesky', 'ophyd') "
             "if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_saturated_pixels_are_nan_in_every_output():
+    rng = np.random.default_rng(4)
+    steps = np.arange(5) / 5
+    base = 30000 + 8000 * np.cos(2 * np.pi * steps)[:, None, None] * np.ones((5, 6, 7))
+    sample = np.rint(base * 0.8 + rng.normal(0, 5, base.shape)).astype(np.uint16)
+    reference = np.rint(base).astype(np.uint16)
+    sample[:, 2, 3] = 65535  # a hot pixel
+    reference[1, 4, 4] = 65535  # one overexposed step
+    result = retrieve(sample, reference)
+    for image in (result.transmission, result.dark_field, result.differential_phase,
+                  result.absorption, result.scattering):
+        assert np.isnan(image[2, 3]) and np.isnan(image[4, 4])
+        assert np.isfinite(np.delete(image.ravel(), [2 * 7 + 3, 4 * 7 + 4])).all()
+    # float stacks are not checked unless a saturation level is given
+    floats = retrieve(sample.astype(float), reference.astype(float))
+    assert np.isfinite(floats.transmission[2, 3])
+    assert np.isnan(retrieve(sample.astype(float), reference.astype(float), saturation=65535).transmission[2, 3])

@@ -8,13 +8,14 @@ and one noise pass over the pixels.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 
 from .phantom import Phantom
 from .scene import bin_sum, scene
-from .setup import Setup, TubeState
+from .setup import Detector, Setup, TubeState
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,26 @@ def _stage(stage_mm) -> tuple[float, float]:
     return (round(float(stage_mm[0]), 4), round(float(stage_mm[1]), 4))
 
 
-def _dark_level(setup: Setup, exposure_s: float) -> float:
+def _dark_level(setup: Setup, exposure_s: float, time_s: float = 0.0) -> float:
+    """Offset (drifting slowly with recorded time) plus dark current, ADU."""
     det = setup.detector
-    return det.offset_adu + det.dark_current_adu_per_s * exposure_s * det.binning**2
+    return (det.offset_adu + det.offset_drift_adu_per_h * time_s / 3600.0
+            + det.dark_current_adu_per_s * exposure_s * det.binning**2)
+
+
+@functools.lru_cache(maxsize=4)
+def defect_map(detector: Detector) -> tuple[np.ndarray, np.ndarray]:
+    """(dead, hot) pixel masks of the read-out region, fixed by ``defect_seed`` over the
+    full frame so a region shows the same defects as the whole panel."""
+    rng = np.random.default_rng(detector.defect_seed)
+    kind = rng.random((detector.rows, detector.columns), dtype=np.float32)
+    row0, col0, rows, cols = detector.region or (0, 0, detector.rows, detector.columns)
+    kind = kind[row0:row0 + rows, col0:col0 + cols]
+    half = detector.defect_fraction / 2
+    dead, hot = kind < half, (kind >= half) & (kind < 2 * half)
+    if detector.binning > 1:  # a binned pixel with a defect in it is defective
+        dead, hot = (bin_sum(m.astype(np.int32), detector.binning) > 0 for m in (dead, hot))
+    return dead, hot
 
 
 def _beam(setup, phantom, g2_um, stage_mm, tube, exposure_s, time_s, rng=None) -> np.ndarray:
@@ -66,7 +84,7 @@ def _beam(setup, phantom, g2_um, stage_mm, tube, exposure_s, time_s, rng=None) -
 def expected_frame(setup: Setup, phantom: Phantom | None, *, g2_um: float, stage_mm, tube: TubeState,
                    exposure_s: float, time_s: float = 0.0) -> np.ndarray:
     """Noise-free mean frame (float64 ADU): offset, dark current and the beam if it is on."""
-    dark = _dark_level(setup, exposure_s)
+    dark = _dark_level(setup, exposure_s, time_s)
     if not tube.beam_on:
         return np.full(detector_shape(setup), dark)
     beam = _beam(setup, phantom, g2_um, stage_mm, tube, exposure_s, time_s)
@@ -74,24 +92,36 @@ def expected_frame(setup: Setup, phantom: Phantom | None, *, g2_um: float, stage
 
 
 def simulate_frame(setup: Setup, phantom: Phantom | None, *, g2_um: float, stage_mm, tube: TubeState,
-                   exposure_s: float, seed: int, time_s: float = 0.0) -> np.ndarray:
-    """One detector frame (uint16 ADU) with quantum and read noise; same seed, same frame.
+                   exposure_s: float, seed: int, time_s: float = 0.0,
+                   previous_frame: np.ndarray | None = None) -> np.ndarray:
+    """One detector frame (uint16 ADU) with quantum, Swank and read noise; same seed, same frame.
 
     Quantum noise: the absorbed photon count is Poisson (drawn as its normal limit, exact
-    to far better than the read noise at these counts) and scaled by the ADU per photon.
+    to far better than the read noise at these counts), widened by the energy spread of
+    the absorbed photons and the Swank factor.  ``previous_frame`` (the last frame read
+    out) adds ``lag_fraction`` of its signal; ``time_s`` (recorded seconds since the start)
+    drives the offset and fringe-phase drifts.
     """
     det = setup.detector
     rng = np.random.default_rng(seed)
     shape = detector_shape(setup)
-    frame = np.full(shape, _dark_level(setup, exposure_s), dtype=np.float32)
+    dark = _dark_level(setup, exposure_s, time_s)
+    frame = np.full(shape, dark, dtype=np.float32)
     if tube.beam_on:
         beam = _beam(setup, phantom, g2_um, stage_mm, tube, exposure_s, time_s, rng)
         if det.quantum_noise:
-            per_photon = scene(setup, phantom, _stage(stage_mm), float(tube.kv)).adu_per_photon
+            view = scene(setup, phantom, _stage(stage_mm), float(tube.kv))
+            per_photon = view.adu_per_photon * view.noise_factor
             beam = beam + np.sqrt(np.maximum(beam, 0) * per_photon) * rng.standard_normal(shape, np.float32)
         frame += beam
+    if det.lag_fraction and previous_frame is not None:
+        frame += np.float32(det.lag_fraction) * np.maximum(previous_frame.astype(np.float32) - dark, 0)
     if det.read_noise:
         frame += np.float32(det.read_noise_adu * det.binning) * rng.standard_normal(shape, np.float32)
+    if det.defect_fraction:
+        dead, hot = defect_map(det)
+        frame[dead] = dark
+        frame[hot] = det.saturation_adu
     return np.clip(np.rint(frame), 0, det.saturation_adu).astype(np.uint16)
 
 

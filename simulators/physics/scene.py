@@ -47,6 +47,9 @@ class Scene:
     """Truth: 0, or i+1 where phantom.clusters[i] has calcium in the pixel."""
     adu_per_photon: float
     """ADU per absorbed photon of the open beam's mean energy (gain * keV)."""
+    noise_factor: float
+    """Variance per photon over the Poisson variance: <E^2>/<E>^2 of the absorbed spectrum
+    (energy integration) divided by the screen's Swank factor."""
 
 
 def pixel_grid(setup: Setup) -> tuple[np.ndarray, np.ndarray]:
@@ -82,6 +85,7 @@ def scene(setup: Setup, phantom: Phantom | None, stage_mm: tuple[float, float], 
     weight = photons * energies
     weight = weight / weight.sum()
     mean_kev = float((photons * energies).sum() / photons.sum())
+    spread = float((photons * energies**2).sum() / photons.sum()) / mean_kev**2
     h = fringe_harmonic(energies, geometry, gratings)
 
     y_det, x_det = pixel_grid(setup)
@@ -115,6 +119,7 @@ def scene(setup: Setup, phantom: Phantom | None, stage_mm: tuple[float, float], 
         harmonic=bin_sum(flux * harmonic * fringe, binning).astype(np.complex64),
         labels=_bin_labels(labels, binning),
         adu_per_photon=det.gain_adu_per_kev * mean_kev,
+        noise_factor=spread / det.swank_factor,
     )
 
 

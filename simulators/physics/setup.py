@@ -98,6 +98,15 @@ class Detector:
     saturation_adu: int = 65535
     quantum_noise: bool = True
     read_noise: bool = True
+    swank_factor: float = 0.75
+    """Swank factor of the Gd2O2S screen: the light yield's spread adds 1/A_s to the noise."""
+    offset_drift_adu_per_h: float = 2.0
+    """Slow drift of the offset with recorded time (ADU per hour)."""
+    lag_fraction: float = 0.0
+    """Fraction of the previous frame's signal that appears again (image lag)."""
+    defect_fraction: float = 0.0
+    """Fraction of pixels that are dead (read only offset) or hot (saturated), half each."""
+    defect_seed: int = 11
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,8 @@ class SimWorld:
     g2: object = None
     stage: object = None
     tube: object = None
+    last_frame: np.ndarray | None = None
+    """The last frame read out (the engine adds the panel's lag from it)."""
     _frames: itertools.count = field(default_factory=itertools.count)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -36,9 +38,12 @@ class SimWorld:
             seed = self.seed * 1_000_003 + next(self._frames)
             time_s = self.clock_s
             self.clock_s += exposure_s
-        return simulate_frame(
+        frame = simulate_frame(
             self.setup, self.phantom,
             g2_um=float(self.g2.position),
             stage_mm=(float(self.stage.x.position), float(self.stage.y.position)),
             tube=self.tube.tube_state(), exposure_s=exposure_s, seed=seed, time_s=time_s,
+            previous_frame=self.last_frame,
         )
+        self.last_frame = frame
+        return frame
