@@ -151,3 +151,13 @@ def test_mu_and_eps_grow_linearly_with_path_but_for_beam_hardening():
     # (the spurious dark-field of beam hardening)
     assert 1.8 < slab_2 / slab_1 < 2.0
     assert 1.8 < eps_2 / eps_1 < 2.5
+
+
+def test_beam_hardening_changes_the_visibility_behind_tissue():
+    """The spurious dark-field of beam hardening: V behind a slab is not 1, more so when thicker."""
+    effect = []
+    for thickness in (10.0, 40.0):
+        truth = sample_signals(EXACT, Phantom(TissueSlab(thickness_mm=thickness, dark_field_per_mm=0.0)),
+                               (0.0, 0.0), TubeState())
+        effect.append(abs(np.log(np.median(truth.dark_field))))
+    assert effect[0] > 0.01 and effect[1] > 2 * effect[0]
