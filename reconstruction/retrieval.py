@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .stepping import SteppingFit, fit_named, wrap_phase
+from .kernels import retrieve_blocks, work_dtype
+from .stepping import SteppingFit, fit_named, step_positions, stepping_solver
 
 
 @dataclass(frozen=True)
@@ -62,14 +63,14 @@ def _negative_log(values: np.ndarray) -> np.ndarray:
         return -np.log(np.where(values > 0, values, np.nan))
 
 
-def _saturated(stack: np.ndarray, saturation) -> np.ndarray | None:
-    """Pixels where any raw frame reaches ``saturation`` (default: an unsigned stack's
-    largest value, e.g. 65535 for a 16-bit panel); None when nothing is checked."""
-    if saturation is None:
-        if not np.issubdtype(stack.dtype, np.unsignedinteger):
-            return None
-        saturation = np.iinfo(stack.dtype).max
-    return stack.max(axis=0) >= saturation
+def _saturation_level(stack: np.ndarray, saturation):
+    """The raw level that marks a pixel saturated: ``saturation``, or for an unsigned stack
+    its largest value (65535 for a 16-bit panel); None: not checked."""
+    if saturation is not None:
+        return saturation
+    if np.issubdtype(stack.dtype, np.unsignedinteger):
+        return np.iinfo(stack.dtype).max
+    return None
 
 
 def retrieve(sample, reference, dark=None, *, steps=None, reference_steps=None, period=None,
@@ -83,10 +84,12 @@ def retrieve(sample, reference, dark=None, *, steps=None, reference_steps=None, 
     ``reference_steps``: the reference's (default: ``steps``).  See :func:`fit_stepping`.
     Pixels that saturate in any raw frame (``saturation``, default the maximum of an
     unsigned integer stack) are NaN in every output: hot pixels, overexposure.
+    The sample is read once, in cache-sized blocks on all cores (``kernels``).
     """
     sample = _stack(sample, "sample")
     frame_shape = sample.shape[1:]
     dark_image = _dark_image(dark, frame_shape)
+    saturated_reference = None
     if isinstance(reference, SteppingFit):
         if reference_steps is not None:
             raise ValueError("reference_steps given, but reference is already a SteppingFit")
@@ -105,30 +108,29 @@ def retrieve(sample, reference, dark=None, *, steps=None, reference_steps=None, 
             ref_steps, ref_name = reference_steps, "reference_steps"
         reference_fit = _minus_dark(fit_named(reference, ref_steps, period, stack_name="reference",
                                               steps_name=ref_name), dark_image)
-    a0r = np.asarray(reference_fit.a0, dtype=np.float64)
+        level = _saturation_level(reference, saturation)
+        if level is not None:
+            saturated_reference = reference.max(axis=0) >= level
+    a0r = np.asarray(reference_fit.a0)
     if not np.any(np.isfinite(a0r) & (a0r > 0)):
         raise ValueError("reference has no pixel with a positive, finite mean intensity a0 "
                          "(zero, negative or NaN everywhere: no beam, or dark not matching)")
-    sample_fit = _minus_dark(fit_named(sample, steps, period, stack_name="sample"), dark_image)
-
-    a0s = sample_fit.a0
-    usable = a0r > 0  # False for NaN too
-    for raw in (sample, reference):
-        saturated = _saturated(raw, saturation) if isinstance(raw, np.ndarray) else None
-        if saturated is not None:
-            usable = usable & ~saturated
+    if sample.shape[0] < 3 or not np.issubdtype(sample.dtype, np.number) or np.iscomplexobj(sample):
+        fit_named(sample, steps, period, stack_name="sample")  # raises the named error
+    positions, period = step_positions(sample.shape[0], steps, period)
+    solver = stepping_solver(positions, period)
+    dtype = work_dtype(sample)
     with np.errstate(divide="ignore", invalid="ignore"):
-        transmission = np.where(usable, a0s / a0r, np.nan)
-        reference_visibility = np.asarray(reference_fit.a1, dtype=np.float64) / a0r
-        dark_field = np.where(usable & (a0s > 0) & (reference_visibility > 0),
-                              (sample_fit.a1 / a0s) / reference_visibility, np.nan)
-    phase = np.where(usable, wrap_phase(sample_fit.phi - reference_fit.phi), np.nan)
+        reference_visibility = (np.asarray(reference_fit.a1) / a0r).astype(dtype, copy=False)
+    out = retrieve_blocks(sample, solver, dark_image, a0r.astype(dtype, copy=False),
+                          reference_visibility, np.asarray(reference_fit.phi).astype(dtype, copy=False),
+                          saturated_reference, _saturation_level(sample, saturation))
     return Retrieval(
-        transmission=transmission,
-        dark_field=dark_field,
-        differential_phase=phase,
-        absorption=_negative_log(transmission),
-        scattering=_negative_log(dark_field),
-        sample_fit=sample_fit,
+        transmission=out["transmission"],
+        dark_field=out["dark_field"],
+        differential_phase=out["differential_phase"],
+        absorption=out["absorption"],
+        scattering=out["scattering"],
+        sample_fit=SteppingFit(a0=out["a0"], a1=out["a1"], phi=out["phi"]),
         reference_fit=reference_fit,
     )

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .kernels import fit_blocks
+
 MAX_CONDITION = 100.0
 """Largest accepted condition number of the (n, 3) design matrix.  An equidistant scan over
 one period has sqrt(2); steps spread over 10 % of the period reach ~100, where the noise of
@@ -120,5 +122,5 @@ def fit_named(stack, steps=None, period=None, *, stack_name: str = "stack",
         raise ValueError(f"{stack_name} has {stack.shape[0]} phase steps; "
                          "need at least 3 to fit a0, a1 and phi")
     positions, period = step_positions(stack.shape[0], steps, period, name=steps_name)
-    a0, c, s = apply_solver(stepping_solver(positions, period, name=steps_name), stack)
-    return SteppingFit(a0=a0, a1=np.hypot(c, s), phi=wrap_phase(np.arctan2(-s, c)))
+    a0, a1, phi = fit_blocks(stack, stepping_solver(positions, period, name=steps_name))
+    return SteppingFit(a0=a0, a1=a1, phi=phi)
