@@ -7,6 +7,7 @@ See docs/reconstruction.md.
 """
 
 from .clusters import ClusterAnalysis, analyse_clusters
+from .corrections import correct_drift, debias_amplitude, interpolate_reference
 from .microtexture import SUSPICIOUS_RATIO, TABLE_1, TEXTURES, Microtexture, classify_microtexture
 from .normalisation import normalise_to_surroundings, surrounding_tissue
 from .retrieval import Retrieval, retrieve
@@ -18,4 +19,5 @@ __all__ = [
     "TABLE_1", "TEXTURES", "analyse_clusters", "calcified_mask", "classify_microtexture",
     "fit_stepping", "normalise_to_surroundings", "retrieve", "segment_clusters",
     "surrounding_tissue", "wrap_phase",
+    "correct_drift", "debias_amplitude", "interpolate_reference",
 ]
