@@ -15,7 +15,12 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--out", default="talbot-lau-demo", help="output directory (default: %(default)s)")
     demo.add_argument("--config", help="instrument YAML (default: the embedded configs/instrument.yaml)")
     demo.add_argument("--simulation", help="simulation YAML (default: the embedded configs/simulation.yaml)")
+    rebuild = commands.add_parser("reconstruct", help="retrieve and classify stored runs offline")
+    rebuild.add_argument("runs", nargs="+", metavar="RUN.h5", help="run records (run_<uid>.h5)")
+    rebuild.add_argument("--out", default="reconstructed", help="output directory (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.command == "reconstruct":
+        return _reconstruct(args.runs, args.out)
 
     try:
         config = load_config(args.config, args.simulation)
@@ -28,6 +33,24 @@ def main(argv: list[str] | None = None) -> int:
         rows = run_demo(args.out, config)
         return 0 if rows else 1
     return 2
+
+
+def _reconstruct(runs: list[str], out: str) -> int:
+    """Reconstruct each run; a broken one is named and the others still run."""
+    from .reconstruct import reconstruct_run
+
+    failures = 0
+    for run in runs:
+        try:
+            rows = reconstruct_run(run, out)
+        except (OSError, ValueError) as err:
+            print(f"talbot-lau: {err}", file=sys.stderr)
+            failures += 1
+            continue
+        summary = ", ".join(f"{r['texture']} {r['ratio']:.2f}" for r in rows) or "no clusters"
+        print(f"{run}: {len(rows)} clusters ({summary})")
+    print(f"derived images and reports in {out}")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -20,10 +20,9 @@ from pathlib import Path
 import event_model
 import numpy as np
 
-from reconstruction import analyse_clusters, retrieve, segment_clusters
-
 from .derived_store import IMAGES, write_derived
 from .frames import HANDLERS
+from .projection import ProjectionFrames, analyse_projection
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +62,9 @@ class ProjectionProcessor(event_model.DocumentRouter):
         self.stream_of: dict[str, str] = {}
         self.image_key: str | None = None
         self.g2_key = doc.get("motors", ["g2"])[0]
-        self.darks: list[np.ndarray] = []
-        self.stepping: dict[str, dict[int, tuple[float, np.ndarray]]] = {
-            self.streams["reference"]: {}, self.streams["sample"]: {},
-        }
+        self.frames = ProjectionFrames(darks=[], reference={}, sample={})
+        self.stepping = {self.streams["reference"]: self.frames.reference,
+                         self.streams["sample"]: self.frames.sample}
 
     def descriptor(self, doc):
         self.stream_of[doc["uid"]] = doc["name"]
@@ -80,7 +78,7 @@ class ProjectionProcessor(event_model.DocumentRouter):
             return
         frame = np.asarray(doc["data"][self.image_key], dtype=np.float64)
         if stream == self.streams["dark"]:
-            self.darks = (self.darks + [frame])[-max(self.dark_count, 1):]
+            self.frames.darks = (self.frames.darks + [frame])[-max(self.dark_count, 1):]
         elif stream in self.stepping:
             x_um = float(doc["data"][self.g2_key])
             step = int(np.argmin(np.abs(self.positions_um - x_um)))
@@ -113,21 +111,11 @@ class ProjectionProcessor(event_model.DocumentRouter):
             self.publish("stop", run.compose_stop())
 
     def _process(self, run) -> None:
-        dark = np.mean(self.darks, axis=0) if self.darks else None
-        (ref_x, ref), (smp_x, smp) = (self._stack(self.streams[s]) for s in ("reference", "sample"))
-        result = retrieve(smp, ref, dark, steps=smp_x, reference_steps=ref_x, period=self.period_um)
-        labels = segment_clusters(result.transmission, result.dark_field)
-        clusters = analyse_clusters(result.transmission, result.dark_field, labels)
+        analysis = analyse_projection(self.frames, self.period_um)
         path = write_derived(self.out_dir / f"derived_{self.parent_uid[:8]}.h5",
-                             result, labels, clusters, self.parent_uid)
-        self._publish_images(run, path, result.transmission.shape)
-        self._publish_clusters(run, clusters)
-
-    def _stack(self, stream: str) -> tuple[np.ndarray, np.ndarray]:
-        frames = self.stepping[stream]
-        order = sorted(frames)
-        return (np.array([frames[k][0] for k in order]),
-                np.stack([frames[k][1] for k in order]))
+                             analysis.retrieval, analysis.labels, analysis.clusters, self.parent_uid)
+        self._publish_images(run, path, analysis.labels.shape)
+        self._publish_clusters(run, analysis.clusters)
 
     def _publish_images(self, run, path: Path, shape) -> None:
         resource = run.compose_resource(spec="TL_DERIVED_HDF5", root="/",

@@ -48,12 +48,12 @@ def test_processor_classifies_a_cluster_and_publishes_valid_documents(tmp_path):
 
 
 def test_processor_failure_is_reported_not_raised(tmp_path, monkeypatch):
-    import acquisition.processing as processing
+    import acquisition.projection as projection
 
     def broken(*args, **kwargs):
         raise ValueError("reference is all zero")
 
-    monkeypatch.setattr(processing, "retrieve", broken)
+    monkeypatch.setattr(projection, "retrieve", broken)
     instrument = simulated_instrument(small_config(rows=48, cols=48), write_path=tmp_path / "raw")
     collector = DerivedCollector()
     engine = RunEngine({})
