@@ -7,8 +7,7 @@ pixel reads ``I_k = a0 + a1*cos(2*pi*x_k/period + phi)``.  Written as
 the measured step positions is applied to every pixel at once, so non-equidistant steps
 are exact and all pixels share one tiny solver.
 
-The seam for faster full-frame fits is :func:`apply_solver` (solver matrix times stack):
-replace it, keep the rest.
+The solver is applied in cache-sized blocks on all cores by ``kernels.fit_blocks``.
 """
 
 from __future__ import annotations
@@ -23,8 +22,6 @@ MAX_CONDITION = 100.0
 """Largest accepted condition number of the (n, 3) design matrix.  An equidistant scan over
 one period has sqrt(2); steps spread over 10 % of the period reach ~100, where the noise of
 a1 and phi is already amplified some 70-fold: such steps do not determine the sinusoid."""
-CHUNK_PIXELS = 1 << 16
-"""Pixels per block of the solver product (bounds the float64 working copy)."""
 
 
 @dataclass(frozen=True)
@@ -85,20 +82,6 @@ def stepping_solver(steps: np.ndarray, period: float, *, name: str = "steps") ->
             f"> {MAX_CONDITION:g}); spread the steps over the whole period"
         )
     return np.linalg.pinv(design)
-
-
-def apply_solver(solver: np.ndarray, stack: np.ndarray) -> np.ndarray:
-    """``solver @ stack`` per pixel: (3, n) times (n, ny, nx) -> (3, ny, nx) float64.
-
-    Works in blocks of :data:`CHUNK_PIXELS` so an integer stack is converted piecewise.
-    """
-    n, ny, nx = stack.shape
-    flat = stack.reshape(n, ny * nx)
-    out = np.empty((solver.shape[0], ny * nx), dtype=np.float64)
-    for first in range(0, ny * nx, CHUNK_PIXELS):
-        block = flat[:, first:first + CHUNK_PIXELS]
-        np.matmul(solver, block.astype(np.float64, copy=False), out=out[:, first:first + CHUNK_PIXELS])
-    return out.reshape(solver.shape[0], ny, nx)
 
 
 def fit_stepping(stack, steps=None, period=None) -> SteppingFit:
