@@ -84,7 +84,7 @@ class DoseConfig:
     reference_kv: float = 40.0
     reference_ma: float = 70.0
     reference_thickness_mm: float = 45.0
-    budget_mgy: float = 100.0
+    budget_mgy: float = 200.0
 
 
 @dataclass(frozen=True)

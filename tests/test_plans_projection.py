@@ -88,7 +88,9 @@ def test_shutter_ends_closed_when_the_scan_fails(instrument):
         ({"ma": float("nan")}, "ma=nan"),
         ({"sample_position_mm": (0.0, 400.0)}, "outside the stage limits"),
         ({"reference_position_mm": (-151.0, 0.0)}, "outside the stage limits"),
-        ({"exposure_s": 20.0}, "exceeds the budget"),
+        ({"exposure_s": 30.0}, "exceeds the budget"),
+        ({"sample": {"id": "b1", "thickness_mm": 2.0}}, "exceeds the budget"),  # thin: more MGD
+        ({"sample": {"id": "b1", "thickness_mm": -5.0}}, "thickness_mm=-5.0"),
         ({"sample": 17}, "sample=17"),
     ],
 )

@@ -1,0 +1,107 @@
+"""Mosaics, the dose model, and suspension on the source's interlock."""
+
+import threading
+
+import pytest
+from bluesky import RunEngine
+
+from acquisition.config import DoseConfig
+from acquisition.dose import planned_dose_mgy
+from acquisition.instrument import simulated_instrument
+from acquisition.plans import (
+    PlanArgumentError, darkfield_mosaic, darkfield_projection, source_suspenders, tile_positions,
+)
+from conftest import small_config
+
+
+@pytest.fixture
+def instrument(tmp_path):
+    return simulated_instrument(small_config(rows=32, cols=40), write_path=tmp_path / "raw")
+
+
+def collect(engine):
+    documents = []
+    engine.subscribe(lambda name, doc: documents.append((name, doc)))
+    return documents
+
+
+def events_by_stream(documents):
+    streams = {doc["uid"]: doc["name"] for name, doc in documents if name == "descriptor"}
+    out = {}
+    for name, doc in documents:
+        if name == "event":
+            out.setdefault(streams[doc["descriptor"]], []).append(doc)
+    return out
+
+
+def test_tile_grid_snakes_and_is_centred():
+    tiles = tile_positions(2, 3, (10.0, 20.0), origin_mm=(5.0, 0.0), snake=True)
+    assert [(t["row"], t["column"]) for t in tiles] == [(0, 0), (0, 1), (0, 2), (1, 2), (1, 1), (1, 0)]
+    assert [t["x_mm"] for t in tiles[:3]] == [-15.0, 5.0, 25.0]
+    assert {t["y_mm"] for t in tiles} == {-5.0, 5.0}
+
+
+def test_mosaic_reads_tile_and_stage_in_every_event(instrument):
+    engine = RunEngine({})
+    documents = collect(engine)
+    engine(darkfield_mosaic(instrument, rows=2, columns=2, overlap=0.2, steps=3, dark_frames=1,
+                            reference_every=2, exposure_s=1.0))
+    start = documents[0][1]
+    assert start["plan_name"] == "darkfield_mosaic" and len(start["mosaic"]["tiles"]) == 4
+    events = events_by_stream(documents)
+    assert len(events["primary"]) == 4 * 3 and len(events["reference"]) == 2 * 3
+    tiles = [e["data"]["tile"] for e in events["primary"]]
+    assert tiles == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    planned = {t["tile"]: (t["x_mm"], t["y_mm"]) for t in start["mosaic"]["tiles"]}
+    for event in events["primary"]:
+        x, y = planned[event["data"]["tile"]]
+        assert event["data"]["stage_x"] == pytest.approx(x) and event["data"]["stage_y"] == pytest.approx(y)
+    assert instrument.tube.shutter.get() == 0
+    assert start["total_frames"] == sum(len(v) for v in events.values())
+
+
+def test_mosaic_beyond_the_stage_is_refused_before_anything_moves(instrument):
+    with pytest.raises(PlanArgumentError, match=r"tile \d+ \(row \d, column \d\).*outside the stage limits"):
+        darkfield_mosaic(instrument, rows=2, columns=2, origin_mm=(149.0, 0.0))
+    with pytest.raises(PlanArgumentError, match="overlap=0.7"):
+        darkfield_mosaic(instrument, overlap=0.7)
+    assert instrument.stage.x.position == 0.0 and instrument.tube.shutter.get() == 0
+
+
+def test_dose_model_scales_with_current_voltage_and_thickness():
+    dose = DoseConfig()
+    assert planned_dose_mgy(dose, 40, 70, 81) == pytest.approx(72.09)  # paper: 72 mGy
+    assert planned_dose_mgy(dose, 40, 35, 81) == pytest.approx(72.09 / 2)
+    assert planned_dose_mgy(dose, 28, 70, 81) == pytest.approx(72.09 * (28 / 40) ** 2)
+    assert planned_dose_mgy(dose, 40, 70, 81, thickness_mm=45.0) == pytest.approx(72.09)
+    thin, thick = (planned_dose_mgy(dose, 40, 70, 81, thickness_mm=t) for t in (20.0, 70.0))
+    assert thin > 72.09 > thick  # a thicker breast shields its deeper glandular tissue
+
+
+def test_interlock_trip_suspends_repeats_the_set_and_keeps_every_frame(instrument):
+    engine = RunEngine({})
+    for suspender in source_suspenders(instrument.tube, kv=40.0, ma=70.0, sleep_s=0.05):
+        engine.install_suspender(suspender)
+    documents = collect(engine)
+    seen = {"reference": 0}
+    streams = {}
+
+    def trip_once(name, doc):
+        if name == "descriptor":
+            streams[doc["uid"]] = doc["name"]
+        if name == "event" and streams[doc["descriptor"]] == "reference":
+            seen["reference"] += 1
+            if seen["reference"] == 4:
+                instrument.tube.trip_interlock()
+                threading.Timer(0.3, instrument.tube.clear_interlock).start()
+
+    engine.subscribe(trip_once)
+    engine(darkfield_projection(instrument, dark_frames=1, steps=5, exposure_s=1.0))
+    events = events_by_stream(documents)
+    assert len(events["reference"]) >= 5 + 4  # the interrupted set was repeated in full
+    assert len(events["primary"]) == 5
+    stop = documents[-1][1]
+    assert stop["exit_status"] == "success"
+    assert instrument.tube.shutter.get() == 0
+    # every frame measured is in the file, the repeated ones too
+    assert instrument.detector.hdf1.num_captured.get() == sum(len(v) for v in events.values())
