@@ -19,6 +19,7 @@ from .config import Config, load_config
 from .instrument import simulated_instrument
 from .plans import darkfield_projection
 from .processing import darkfield_router
+from .progress import PlanProgress
 from .run_record import run_recorder
 
 
@@ -48,6 +49,7 @@ def run_demo(out_dir: str | Path = "talbot-lau-demo", config: Config | None = No
     collector = DerivedCollector()
     engine = RunEngine({}, call_returns_result=False)
     engine.subscribe(run_recorder(out))
+    engine.subscribe(PlanProgress(disable=quiet))
     engine.subscribe(darkfield_router(out_dir=out, publish=collector))
     sample = {"id": "demo-phantom", "thickness_mm": config.simulation.phantom.slab.thickness_mm,
               "description": "paraffin block with calcification clusters of the four classes"}

@@ -105,3 +105,34 @@ def test_interlock_trip_suspends_repeats_the_set_and_keeps_every_frame(instrumen
     assert instrument.tube.shutter.get() == 0
     # every frame measured is in the file, the repeated ones too
     assert instrument.detector.hdf1.num_captured.get() == sum(len(v) for v in events.values())
+
+
+def test_warmup_ramps_in_the_safe_order(instrument):
+    from acquisition.plans import tube_warmup
+
+    instrument.tube.kv.put(20.0)
+    instrument.tube.ma.put(10.0)
+    changes = []
+    engine = RunEngine({})
+    engine.msg_hook = lambda msg: changes.append((msg.obj.name, msg.args[0])) if msg.command == "set" else None
+    engine(tube_warmup(instrument, kv=40.0, ma=70.0, steps=2, dwell_s=0.0))
+    # shutter closed first and last (finalize), voltage up before current
+    assert changes[0] == changes[-1] == ("tube_shutter", 0)
+    assert changes[1:-1] == [("tube_kv", 30.0), ("tube_kv", 40.0), ("tube_ma", 40.0), ("tube_ma", 70.0)]
+    changes.clear()
+    engine(tube_warmup(instrument, kv=20.0, ma=10.0, steps=1, dwell_s=0.0))
+    assert changes[1:-1] == [("tube_ma", 10.0), ("tube_kv", 20.0)]  # current down before voltage
+    assert instrument.tube.shutter.get() == 0
+
+
+def test_progress_counts_every_frame_of_the_plan(instrument):
+    import io
+
+    from acquisition.progress import PlanProgress
+
+    out = io.StringIO()
+    engine = RunEngine({})
+    engine.subscribe(PlanProgress(file=out))
+    engine(darkfield_projection(instrument, dark_frames=2, steps=4, exposure_s=1.0, sample="s1"))
+    text = out.getvalue()
+    assert "darkfield_projection s1" in text and "10/10" in text and "success" in text

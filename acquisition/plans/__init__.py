@@ -4,7 +4,8 @@ from .mosaic import darkfield_mosaic, tile_positions
 from .projection import darkfield_projection
 from .safety import close_shutter, open_shutter, source_suspenders
 from .settings import PlanArgumentError, phase_step_positions
+from .source import tube_warmup
 from .stubs import STREAMS
 
 __all__ = ["PlanArgumentError", "STREAMS", "close_shutter", "darkfield_mosaic", "darkfield_projection",
-           "open_shutter", "phase_step_positions", "source_suspenders", "tile_positions"]
+           "open_shutter", "phase_step_positions", "source_suspenders", "tile_positions", "tube_warmup"]
