@@ -30,10 +30,11 @@ class PlanProgress(DocumentRouter):
         self.streams: dict[str, str] = {}
 
     def descriptor(self, doc):
-        self.streams[doc["uid"]] = doc["name"]
+        if any(key.get("external") for key in doc["data_keys"].values()):
+            self.streams[doc["uid"]] = doc["name"]
 
     def event(self, doc):
-        if self.bar is None:
+        if self.bar is None or doc["descriptor"] not in self.streams:
             return
         if self.bar.total is not None and self.bar.n >= self.bar.total:
             self.bar.total += 1  # a repeated set

@@ -57,7 +57,8 @@ def test_mosaic_reads_tile_and_stage_in_every_event(instrument):
         x, y = planned[event["data"]["tile"]]
         assert event["data"]["stage_x"] == pytest.approx(x) and event["data"]["stage_y"] == pytest.approx(y)
     assert instrument.tube.shutter.get() == 0
-    assert start["total_frames"] == sum(len(v) for v in events.values())
+    assert start["total_frames"] == sum(len(v) for k, v in events.items() if k != "dose")
+    assert events["dose"][0]["data"]["delivered_dose_mgy"] == pytest.approx(4 * 3 * 1.0 * 0.89)
 
 
 def test_mosaic_beyond_the_stage_is_refused_before_anything_moves(instrument):
@@ -104,7 +105,7 @@ def test_interlock_trip_suspends_repeats_the_set_and_keeps_every_frame(instrumen
     assert stop["exit_status"] == "success"
     assert instrument.tube.shutter.get() == 0
     # every frame measured is in the file, the repeated ones too
-    assert instrument.detector.hdf1.num_captured.get() == sum(len(v) for v in events.values())
+    assert instrument.detector.hdf1.num_captured.get() == sum(len(v) for k, v in events.items() if k != "dose")
 
 
 def test_warmup_ramps_in_the_safe_order(instrument):

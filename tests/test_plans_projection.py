@@ -42,9 +42,11 @@ def test_projection_takes_darks_reference_and_sample_sets(instrument):
     streams = {doc["uid"]: doc["name"] for name, doc in documents if name == "descriptor"}
     events = [doc for name, doc in documents if name == "event"]
     counts = {s: sum(streams[e["descriptor"]] == s for e in events) for s in set(streams.values())}
-    assert counts == {"dark": 2, "reference": 9, "primary": 9}
+    assert counts == {"dark": 2, "reference": 9, "primary": 9, "dose": 1}
+    (dose,) = [e for e in events if streams[e["descriptor"]] == "dose"]
+    assert dose["data"]["delivered_dose_mgy"] == pytest.approx(start["planned_dose_mgy"], rel=1e-6)
     assert all(e["data"]["tube_shutter"] == 0 for e in events if streams[e["descriptor"]] == "dark")
-    assert all(e["data"]["tube_shutter"] == 1 for e in events if streams[e["descriptor"]] != "dark")
+    assert all(e["data"]["tube_shutter"] == 1 for e in events if streams[e["descriptor"]] in ("reference", "primary"))
     sample_g2 = [e["data"]["g2"] for e in events if streams[e["descriptor"]] == "primary"]
     assert sample_g2 == pytest.approx([k * 4.8 / 9 for k in range(9)], abs=0.02)
     assert instrument.tube.shutter.get() == 0
@@ -53,7 +55,7 @@ def test_projection_takes_darks_reference_and_sample_sets(instrument):
     # frames are in HDF5 files referenced by the documents, never inline
     resources = [doc for name, doc in documents if name == "resource"]
     assert {r["spec"] for r in resources} == {"AD_HDF5"}
-    assert all(isinstance(e["data"]["detector_image"], str) for e in events)
+    assert all(isinstance(e["data"]["detector_image"], str) for e in events if "detector_image" in e["data"])
     with h5py.File("/" + resources[0]["resource_path"].lstrip("/"), "r") as f:
         frames = f["entry/data/data"][()]
     assert frames.shape == (20, 96, 112) and frames.dtype == np.uint16

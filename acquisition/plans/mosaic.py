@@ -17,7 +17,7 @@ from ..dose import planned_dose_mgy
 from ..instrument import Instrument
 from .safety import close_shutter
 from .settings import check, check_stage_position, finite, stepping_settings, whole
-from .stubs import STREAMS, dark_set, prepare_source, start_metadata, stepping_set
+from .stubs import STREAMS, DoseTally, dark_set, prepare_source, start_metadata, stepping_set
 
 
 def tile_field_mm(instrument: Instrument) -> tuple[float, float]:
@@ -86,6 +86,8 @@ def darkfield_mosaic(instrument: Instrument, *, rows: int = 4, columns: int = 4,
         **(md or {}),
     })
 
+    tally = DoseTally(instrument, settings.thickness_mm)
+
     def body():
         yield from prepare_source(instrument, settings)
         yield from dark_set(instrument, settings, (tile_index,))
@@ -95,9 +97,9 @@ def darkfield_mosaic(instrument: Instrument, *, rows: int = 4, columns: int = 4,
                                         reference_position, (tile_index,))
             yield from _set_tile(tile_index, tile["tile"])
             yield from stepping_set(instrument, settings, STREAMS["sample"],
-                                    (tile["x_mm"], tile["y_mm"]), (tile_index,))
+                                    (tile["x_mm"], tile["y_mm"]), (tile_index,), tally)
 
-    plan = bpp.run_wrapper(body(), md=start_md)
+    plan = bpp.run_wrapper(bpp.finalize_wrapper(body(), tally.record), md=start_md)
     plan = bpp.stage_wrapper(plan, [instrument.detector])
     return bpp.finalize_wrapper(plan, functools.partial(close_shutter, instrument.tube))
 

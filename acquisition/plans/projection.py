@@ -16,7 +16,7 @@ from ..dose import planned_dose_mgy
 from ..instrument import Instrument
 from .safety import close_shutter
 from .settings import check, check_stage_position, stepping_settings
-from .stubs import STREAMS, dark_set, prepare_source, start_metadata, stepping_set
+from .stubs import STREAMS, DoseTally, dark_set, prepare_source, start_metadata, stepping_set
 
 
 def darkfield_projection(instrument: Instrument, *, steps=None, exposure_s=None, dark_frames=None,
@@ -51,12 +51,14 @@ def darkfield_projection(instrument: Instrument, *, steps=None, exposure_s=None,
     start_md["total_frames"] = settings.dark_frames + 2 * settings.steps
     start_md.update(md or {})
 
+    tally = DoseTally(instrument, settings.thickness_mm)
+
     def body():
         yield from prepare_source(instrument, settings)
         yield from dark_set(instrument, settings)
         yield from stepping_set(instrument, settings, STREAMS["reference"], reference_position)
-        yield from stepping_set(instrument, settings, STREAMS["sample"], sample_position)
+        yield from stepping_set(instrument, settings, STREAMS["sample"], sample_position, tally=tally)
 
-    plan = bpp.run_wrapper(body(), md=start_md)
+    plan = bpp.run_wrapper(bpp.finalize_wrapper(body(), tally.record), md=start_md)
     plan = bpp.stage_wrapper(plan, [instrument.detector])
     return bpp.finalize_wrapper(plan, functools.partial(close_shutter, instrument.tube))

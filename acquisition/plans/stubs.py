@@ -6,7 +6,9 @@ import dataclasses
 from importlib import metadata
 
 import bluesky.plan_stubs as bps
+from ophyd import Signal
 
+from ..dose import dose_rate_mgy_per_s
 from ..instrument import Instrument
 from .safety import close_shutter, open_shutter
 from .settings import SteppingSettings
@@ -39,10 +41,34 @@ def dark_set(instrument: Instrument, settings: SteppingSettings, extra=()):
         yield from bps.trigger_and_read(readings(instrument, *extra), name=STREAMS["dark"])
 
 
+class DoseTally:
+    """Mean glandular dose delivered by the frames actually taken with the sample in the
+    beam, from the tube's readbacks in each event (a repeated set counts again)."""
+
+    def __init__(self, instrument: Instrument, thickness_mm: float | None):
+        self.config = instrument.config.instrument.dose
+        self.thickness_mm = thickness_mm
+        self.tube = instrument.tube.name
+        self.signal = Signal(name="delivered_dose_mgy", value=0.0)
+
+    def add(self, reading: dict, exposure_s: float) -> None:
+        if not reading.get(f"{self.tube}_shutter", {}).get("value"):
+            return
+        kv = reading[f"{self.tube}_kv"]["value"]
+        ma = reading[f"{self.tube}_ma"]["value"]
+        rate = dose_rate_mgy_per_s(self.config, kv, ma, self.thickness_mm)
+        self.signal.put(self.signal.get() + rate * exposure_s)
+
+    def record(self):
+        """One event in the stream ``dose`` with the total so far."""
+        yield from bps.trigger_and_read([self.signal], name="dose")
+
+
 def stepping_set(instrument: Instrument, settings: SteppingSettings, stream: str,
-                 position_mm: tuple[float, float], extra=()):
+                 position_mm: tuple[float, float], extra=(), tally: DoseTally | None = None):
     """One phase-stepping set at a stage position; a checkpoint first, so a resumed plan
-    repeats the whole set; the shutter is open only while G2 steps."""
+    repeats the whole set; the shutter is open only while G2 steps.  ``tally`` adds the
+    dose of every frame taken."""
     tube, g2, stage = instrument.tube, instrument.g2, instrument.stage
     yield from bps.checkpoint()
     yield from close_shutter(tube)
@@ -51,7 +77,9 @@ def stepping_set(instrument: Instrument, settings: SteppingSettings, stream: str
     yield from open_shutter(tube)
     for x_um in settings.positions_um:
         yield from bps.mv(g2, x_um)
-        yield from bps.trigger_and_read(readings(instrument, *extra), name=stream)
+        reading = yield from bps.trigger_and_read(readings(instrument, *extra), name=stream)
+        if tally is not None:
+            tally.add(reading, settings.exposure_s)
     yield from close_shutter(tube)
 
 
