@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .config import ConfigError, load_config
 
@@ -15,6 +16,12 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--out", default="talbot-lau-demo", help="output directory (default: %(default)s)")
     demo.add_argument("--config", help="instrument YAML (default: the embedded configs/instrument.yaml)")
     demo.add_argument("--simulation", help="simulation YAML (default: the embedded configs/simulation.yaml)")
+    session = commands.add_parser("session", help="IPython with the RunEngine, devices, plans and processing")
+    session.add_argument("--sim", action="store_true", help="the simulated twins (the default for now)")
+    session.add_argument("--out", default="talbot-lau-data", help="frames, records, derived images")
+    session.add_argument("--config", help="instrument YAML")
+    session.add_argument("--simulation", help="simulation YAML")
+    session.add_argument("-c", dest="lines", help="run these IPython lines and exit")
     rebuild = commands.add_parser("reconstruct", help="retrieve and classify stored runs offline")
     rebuild.add_argument("runs", nargs="+", metavar="RUN.h5", help="run records (run_<uid>.h5)")
     rebuild.add_argument("--out", default="reconstructed", help="output directory (default: %(default)s)")
@@ -27,6 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"talbot-lau: {err}", file=sys.stderr)
         return 2
+    if args.command == "session":
+        from .instrument import simulated_instrument
+        from .session import start_session
+
+        out = Path(args.out)
+        return start_session(simulated_instrument(config, write_path=out / "raw"), out,
+                             kind="simulated", command=args.lines)
     if args.command == "demo":
         from .demo import run_demo
 

@@ -43,12 +43,12 @@ def build_twins(setup: Setup, phantom: Phantom | None, *, write_path: Path, time
     """The four twins sharing one :class:`SimWorld` (device names tube, g2, stage, detector)."""
     world = SimWorld(setup=setup, phantom=phantom, time_scale=time_scale, seed=seed)
     g2 = SimMotor(name="g2", limits=g2_limits_um, egu="um", move_time_s=g2_settle_s,
-                  time_scale=time_scale)
-    stage = SimSampleStage(name="stage")
+                  time_scale=time_scale, labels={"motors"})
+    stage = SimSampleStage(name="stage", labels={"motors"})
     for motor, limits in ((stage.x, stage_limits_mm[0]), (stage.y, stage_limits_mm[1])):
         motor._limits = (float(limits[0]), float(limits[1]))
-    tube = SimTube(name="tube", kv_max=kv_max, ma_max=ma_max)
-    detector = SimPaxScan(name="detector", world=world, write_path=write_path)
+    tube = SimTube(name="tube", kv_max=kv_max, ma_max=ma_max, labels={"source"})
+    detector = SimPaxScan(name="detector", world=world, write_path=write_path, labels={"detectors"})
     world.g2, world.stage, world.tube = g2, stage, tube
     return Twins(tube, g2, stage, detector, world)
 

@@ -20,6 +20,7 @@ class SimMotor(Device, PositionerBase):
 
     user_readback = Cpt(Signal, value=0.0, kind="hinted")
     user_setpoint = Cpt(Signal, value=0.0, kind="normal")
+    user_offset = Cpt(Signal, value=0.0, kind="config")
     motor_egu = Cpt(Signal, value="", kind="config")
 
     def __init__(self, prefix="", *, name, limits=(0.0, 0.0), egu="mm", move_time_s=0.0,
