@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     session.add_argument("--out", default="talbot-lau-data", help="frames, records, derived images")
     session.add_argument("--config", help="instrument YAML")
     session.add_argument("--simulation", help="simulation YAML")
+    session.add_argument("--monitor", action="store_true", help="open the live pyqtgraph monitor")
     session.add_argument("-c", dest="lines", help="run these IPython lines and exit")
     rebuild = commands.add_parser("reconstruct", help="retrieve and classify stored runs offline")
     rebuild.add_argument("runs", nargs="+", metavar="RUN.h5", help="run records (run_<uid>.h5)")
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
         out = Path(args.out)
         return start_session(simulated_instrument(config, write_path=out / "raw"), out,
-                             kind="simulated", command=args.lines)
+                             kind="simulated", command=args.lines, with_monitor=args.monitor)
     if args.command == "demo":
         from .demo import run_demo
 

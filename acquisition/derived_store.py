@@ -1,8 +1,9 @@
 """Write what the processor derives from one projection to an HDF5 file.
 
 Layout: ``/entry/derived/{transmission, dark_field, differential_phase, absorption,
-scattering, labels}`` (float32 images, int32 labels) and ``/entry/clusters`` (one row per
-cluster: label, centroid, pixels, mu/eps ratio, variance, class, flags).  The file's
+scattering, labels}`` (float32 images, int32 labels), ``/entry/clusters`` (one row per
+cluster: label, centroid, pixels, mu/eps ratio, variance, class, flags) and
+``/entry/cluster_pixels/<label>/{mu, eps}`` (each cluster's tissue-normalised pixels).  The file's
 attribute ``parent_uid`` links it to the raw run.
 """
 
@@ -34,4 +35,8 @@ def write_derived(path: Path, retrieval, labels: np.ndarray, clusters: list, par
                    ("texture", h5py.string_dtype()), ("borderline", "?"), ("suspicious", "?")],
         )
         f.create_dataset("entry/clusters", data=rows)
+        for c in clusters:  # the tissue-normalised pixels of each cluster, for scatter plots
+            group = f.create_group(f"entry/cluster_pixels/{int(c.label)}")
+            group.create_dataset("mu", data=np.asarray(c.mu, np.float32))
+            group.create_dataset("eps", data=np.asarray(c.eps, np.float32))
     return path

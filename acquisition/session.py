@@ -29,8 +29,9 @@ def metadata_dir() -> Path:
     return Path(base) / "runengine-metadata"
 
 
-def session_namespace(instrument, out_dir: str | Path, *, kind: str = "simulated") -> dict:
-    """Everything the operator needs, wired together."""
+def session_namespace(instrument, out_dir: str | Path, *, kind: str = "simulated",
+                      monitor=None) -> dict:
+    """Everything the operator needs, wired together (``monitor``: a MonitorWindow)."""
     import bluesky.plan_stubs as bps
     import bluesky.plans as bp
     from bluesky import RunEngine
@@ -45,13 +46,26 @@ def session_namespace(instrument, out_dir: str | Path, *, kind: str = "simulated
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    engine = RunEngine({})
+    if monitor is not None:
+        from .monitor import QtDuringTask
+
+        engine = RunEngine({}, during_task=QtDuringTask())
+    else:
+        engine = RunEngine({})
     metadata_dir().mkdir(parents=True, exist_ok=True)
     engine.md = PersistentDict(str(metadata_dir()))
     bec = BestEffortCallback()
     bec.disable_plots()
     derived = DerivedCollector()
-    for callback in (bec, PlanProgress(), run_recorder(out), darkfield_router(out, publish=derived)):
+    publish = derived
+    if monitor is not None:
+        def publish(name, doc):
+            derived(name, doc)
+            monitor.derived_callback(name, doc)
+
+        engine.subscribe(monitor.raw_callback)
+        monitor.watch_tube(instrument.tube)
+    for callback in (bec, PlanProgress(), run_recorder(out), darkfield_router(out, publish=publish)):
         engine.subscribe(callback)
     cfg = instrument.config.instrument
     for suspender in plans.source_suspenders(instrument.tube, kv=cfg.tube.kv, ma=cfg.tube.ma):
@@ -60,20 +74,32 @@ def session_namespace(instrument, out_dir: str | Path, *, kind: str = "simulated
         "RE": engine, "bec": bec, "bp": bp, "bps": bps, "instrument": instrument,
         "tube": instrument.tube, "g2": instrument.g2, "stage": instrument.stage,
         "detector": instrument.detector, "derived": derived.clusters,
-        "help_text": HELP.format(kind=kind, out=out),
+        "help_text": HELP.format(kind=kind, out=out), "monitor": monitor,
     }
     namespace.update({name: getattr(plans, name) for name in plans.__all__})
     return namespace
 
 
-def start_session(instrument, out_dir, *, kind: str, command: str | None = None) -> int:
+def start_session(instrument, out_dir, *, kind: str, command: str | None = None,
+                  with_monitor: bool = False) -> int:
     """Open IPython on the namespace (or run ``command`` in it and exit)."""
     import IPython
     from traitlets.config import Config
 
-    namespace = session_namespace(instrument, out_dir, kind=kind)
+    monitor = None
+    gui = []
+    if with_monitor:
+        import pyqtgraph as pg
+
+        from .monitor import MonitorWindow
+
+        pg.mkQApp("talbot-lau")
+        monitor = MonitorWindow()
+        monitor.show()
+        gui = ["%gui qt"]
+    namespace = session_namespace(instrument, out_dir, kind=kind, monitor=monitor)
     config = Config()
-    config.InteractiveShellApp.exec_lines = [
+    config.InteractiveShellApp.exec_lines = gui + [
         "from bluesky.magics import BlueskyMagics",
         "get_ipython().register_magics(BlueskyMagics)",
         "print(help_text)",
