@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from pathlib import Path
 
 from .config import ConfigError, load_config
@@ -22,13 +23,31 @@ def main(argv: list[str] | None = None) -> int:
     session.add_argument("--config", help="instrument YAML")
     session.add_argument("--simulation", help="simulation YAML")
     session.add_argument("--monitor", action="store_true", help="open the live pyqtgraph monitor")
+    session.add_argument("--publish", metavar="HOST:PORT",
+                         help="also publish every document to a 0MQ proxy (e.g. 127.0.0.1:5577)")
     session.add_argument("-c", dest="lines", help="run these IPython lines and exit")
+    proxy = commands.add_parser("proxy", help="bluesky's 0MQ proxy on this machine")
+    proxy.add_argument("--in-port", type=int, default=5577)
+    proxy.add_argument("--out-port", type=int, default=5578)
+    monitor = commands.add_parser("monitor", help="the live monitor, fed from the 0MQ proxy")
+    monitor.add_argument("--zmq", default="127.0.0.1:5578", help="the proxy's output (default %(default)s)")
+    monitor.add_argument("--out", default="talbot-lau-derived", help="where its processor writes")
+    processor = commands.add_parser("processor", help="the on-the-fly processor, fed from the 0MQ proxy")
+    processor.add_argument("--zmq", default="127.0.0.1:5578", help="the proxy's output (default %(default)s)")
+    processor.add_argument("--out", default="talbot-lau-derived", help="derived images and records")
     rebuild = commands.add_parser("reconstruct", help="retrieve and classify stored runs offline")
     rebuild.add_argument("runs", nargs="+", metavar="RUN.h5", help="run records (run_<uid>.h5)")
     rebuild.add_argument("--out", default="reconstructed", help="output directory (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.command == "reconstruct":
         return _reconstruct(args.runs, args.out)
+    if args.command == "proxy":
+        from .remote import run_proxy
+
+        run_proxy(args.in_port, args.out_port)
+        return 0
+    if args.command in ("monitor", "processor"):
+        return _remote(args)
 
     try:
         config = load_config(args.config, args.simulation)
@@ -41,13 +60,43 @@ def main(argv: list[str] | None = None) -> int:
 
         out = Path(args.out)
         return start_session(simulated_instrument(config, write_path=out / "raw"), out,
-                             kind="simulated", command=args.lines, with_monitor=args.monitor)
+                             kind="simulated", command=args.lines, with_monitor=args.monitor,
+                             publish=args.publish)
     if args.command == "demo":
         from .demo import run_demo
 
         rows = run_demo(args.out, config)
         return 0 if rows else 1
     return 2
+
+
+def _remote(args) -> int:
+    """The monitor or the processor in a process of its own, fed over 0MQ."""
+    from .processing import darkfield_router
+    from .remote import parse_address, start_dispatcher
+    from .run_record import run_recorder
+
+    address = parse_address(args.zmq)
+    if args.command == "processor":
+        from .demo import DerivedCollector
+
+        collector = DerivedCollector()
+        start_dispatcher(address, [run_recorder(args.out), darkfield_router(args.out, publish=collector)])
+        print(f"processing documents from {address[0]}:{address[1]} into {args.out}; Ctrl-C ends")
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            return 0
+    import pyqtgraph as pg
+
+    from .monitor import MonitorWindow
+
+    app = pg.mkQApp("talbot-lau monitor")
+    window = MonitorWindow()
+    window.show()
+    start_dispatcher(address, [window.raw_callback,
+                               darkfield_router(args.out, publish=window.derived_callback)])
+    return app.exec()
 
 
 def _reconstruct(runs: list[str], out: str) -> int:

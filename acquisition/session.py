@@ -81,7 +81,7 @@ def session_namespace(instrument, out_dir: str | Path, *, kind: str = "simulated
 
 
 def start_session(instrument, out_dir, *, kind: str, command: str | None = None,
-                  with_monitor: bool = False) -> int:
+                  with_monitor: bool = False, publish: str | None = None) -> int:
     """Open IPython on the namespace (or run ``command`` in it and exit)."""
     import IPython
     from traitlets.config import Config
@@ -98,6 +98,12 @@ def start_session(instrument, out_dir, *, kind: str, command: str | None = None,
         monitor.show()
         gui = ["%gui qt"]
     namespace = session_namespace(instrument, out_dir, kind=kind, monitor=monitor)
+    if publish:
+        from bluesky.callbacks.zmq import Publisher
+
+        from .remote import parse_address
+
+        namespace["RE"].subscribe(Publisher(parse_address(publish)))
     config = Config()
     config.InteractiveShellApp.exec_lines = gui + [
         "from bluesky.magics import BlueskyMagics",
