@@ -1,7 +1,8 @@
 """Documents over bluesky's 0MQ proxy to a monitor and processor in another thread."""
 
 import socket
-import threading
+import subprocess
+import sys
 import time
 
 from bluesky import RunEngine
@@ -12,7 +13,7 @@ from acquisition.instrument import simulated_instrument
 from acquisition.monitor import MonitorWindow
 from acquisition.plans import darkfield_projection
 from acquisition.processing import darkfield_router
-from acquisition.remote import parse_address, run_proxy, start_dispatcher
+from acquisition.remote import parse_address, start_dispatcher
 from conftest import small_config
 from simulators.physics import Phantom, TissueSlab, cluster_preset
 
@@ -23,9 +24,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_monitor_and_processor_behind_the_proxy(qtbot, tmp_path):
+def test_monitor_and_processor_behind_the_proxy(qtbot, tmp_path, request):
     in_port, out_port = free_port(), free_port()
-    threading.Thread(target=run_proxy, args=(in_port, out_port), daemon=True).start()
+    proxy = subprocess.Popen([sys.executable, "-m", "acquisition.cli", "proxy", "--in-port", str(in_port),
+                              "--out-port", str(out_port)])
+    request.addfinalizer(proxy.kill)
+    for port in (in_port, out_port):  # wait until the proxy listens
+        deadline = time.monotonic() + 20
+        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+            assert time.monotonic() < deadline, "the proxy did not start"
+            time.sleep(0.1)
     window = MonitorWindow()
     qtbot.addWidget(window)
     collector = DerivedCollector()
@@ -41,7 +49,10 @@ def test_monitor_and_processor_behind_the_proxy(qtbot, tmp_path):
     instrument = simulated_instrument(small_config(rows=96, cols=96), write_path=tmp_path / "raw",
                                       phantom=phantom)
     engine = RunEngine({})
-    engine.subscribe(Publisher(("127.0.0.1", in_port)))
+    publisher = Publisher(("127.0.0.1", in_port))
+    request.addfinalizer(publisher.close)
+    engine.subscribe(publisher)
+    time.sleep(0.5)  # and the publisher to connect
     engine(darkfield_projection(instrument, dark_frames=1, steps=5, exposure_s=1.0))
     qtbot.waitUntil(lambda: len(window.cluster_rows) == 1, timeout=10_000)
     assert [c["texture"] for c in collector.clusters] == ["fine"]
