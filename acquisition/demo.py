@@ -50,10 +50,12 @@ def run_demo(out_dir: str | Path = "talbot-lau-demo", config: Config | None = No
     engine = RunEngine({}, call_returns_result=False)
     engine.subscribe(run_recorder(out))
     engine.subscribe(PlanProgress(disable=quiet))
-    engine.subscribe(darkfield_router(out_dir=out, publish=collector))
+    processor = darkfield_router(out_dir=out, publish=collector)
+    engine.subscribe(processor)
     sample = {"id": "demo-phantom", "thickness_mm": config.simulation.phantom.slab.thickness_mm,
               "description": "paraffin block with calcification clusters of the four classes"}
     engine(darkfield_projection(instrument, sample=sample, operator="demo"))
+    processor.wait()
     failed = [s for s in collector.stops if s["exit_status"] != "success"]
     if failed:
         raise RuntimeError(f"processing failed: {failed[0].get('reason')}")

@@ -6,14 +6,16 @@ a :class:`ProjectionProcessor`.  When a projection's dark, reference and sample 
 complete it retrieves T, V and dphi, segments and classifies the calcification clusters
 (paper Table 1), writes the derived images to HDF5 and publishes a derived run of its own
 (``event_model.compose_run``, linked by ``parent_uid``) to ``publish(name, doc)``.
-A processor that fails reports the error in its derived run's stop document; it never
-raises into the RunEngine.
+The work runs in a worker thread (the RunEngine never waits for it). A processor that
+fails reports the error in its derived run's stop document; it never raises into the
+RunEngine.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,25 +31,54 @@ log = logging.getLogger(__name__)
 Publish = Callable[[str, dict], None]
 
 
-def darkfield_router(out_dir: str | Path | None = None, publish: Publish | None = None):
-    """A RunRouter that processes every phase-stepping run; subscribe it to a RunEngine."""
+class DarkFieldRouter(event_model.RunRouter):
+    """The RunRouter of :func:`darkfield_router`; ``wait()`` blocks until every projection
+    handed to the worker thread is processed and published."""
+
+    def __init__(self, factories, worker: ThreadPoolExecutor | None):
+        super().__init__(factories, handler_registry=HANDLERS)
+        self.worker = worker
+        self.pending: list[Future] = []
+
+    def submit(self, job) -> None:
+        if self.worker is None:
+            job()
+        else:
+            self.pending.append(self.worker.submit(job))
+
+    def wait(self, timeout: float | None = 60.0) -> None:
+        futures, self.pending = self.pending, []
+        for future in futures:
+            future.result(timeout=timeout)
+
+
+def darkfield_router(out_dir: str | Path | None = None, publish: Publish | None = None, *,
+                     background: bool = True) -> DarkFieldRouter:
+    """A RunRouter that processes every phase-stepping run; subscribe it to a RunEngine.
+
+    With ``background`` the retrieval and classification run in a worker thread, so the
+    RunEngine never waits for them; ``router.wait()`` waits for the results."""
     out = Path(out_dir) if out_dir else Path(tempfile.gettempdir()) / "talbot-lau-derived"
+    router = None
 
     def factory(name, start_doc):
         if "phase_stepping" not in start_doc:
             return [], []
-        return [ProjectionProcessor(out, publish or (lambda name, doc: None))], []
+        return [ProjectionProcessor(out, publish or (lambda name, doc: None), router.submit)], []
 
-    return event_model.RunRouter([factory], handler_registry=HANDLERS)
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="darkfield") if background else None
+    router = DarkFieldRouter([factory], worker)
+    return router
 
 
 class ProjectionProcessor(event_model.DocumentRouter):
     """Collects one projection's frames by set and processes it once the sets are complete."""
 
-    def __init__(self, out_dir: Path, publish: Publish):
+    def __init__(self, out_dir: Path, publish: Publish, submit=lambda job: job()):
         super().__init__()
         self.out_dir = out_dir
         self.publish = publish
+        self.submit = submit
         self.processed = False
 
     def start(self, doc):
@@ -94,7 +125,13 @@ class ProjectionProcessor(event_model.DocumentRouter):
         return all(len(frames) == self.steps for frames in self.stepping.values())
 
     def _process_safely(self) -> None:
+        """Hand a snapshot of the complete projection to the worker."""
         self.processed = True
+        self.frames = ProjectionFrames(list(self.frames.darks), dict(self.frames.reference),
+                                       dict(self.frames.sample))
+        self.submit(self._run_and_publish)
+
+    def _run_and_publish(self) -> None:
         run = event_model.compose_run(metadata={
             "parent_uid": self.parent_uid,
             "plan_name": "darkfield_retrieval",

@@ -28,8 +28,10 @@ def test_processor_classifies_a_cluster_and_publishes_valid_documents(tmp_path):
 
     collector = DerivedCollector()
     engine = RunEngine({})
-    engine.subscribe(darkfield_router(out_dir=tmp_path, publish=lambda n, d: (publish(n, d), collector(n, d))))
+    processor = darkfield_router(out_dir=tmp_path, publish=lambda n, d: (publish(n, d), collector(n, d)))
+    engine.subscribe(processor)
     (raw_uid,) = engine(darkfield_projection(instrument, dark_frames=2))
+    processor.wait()
 
     names = [name for name, _ in derived]
     assert names[0] == "start" and names[-1] == "stop"
@@ -57,8 +59,10 @@ def test_processor_failure_is_reported_not_raised(tmp_path, monkeypatch):
     instrument = simulated_instrument(small_config(rows=48, cols=48), write_path=tmp_path / "raw")
     collector = DerivedCollector()
     engine = RunEngine({})
-    engine.subscribe(darkfield_router(out_dir=tmp_path, publish=collector))
+    processor = darkfield_router(out_dir=tmp_path, publish=collector)
+    engine.subscribe(processor)
     engine(darkfield_projection(instrument, dark_frames=1))  # the scan itself succeeds
+    processor.wait()
     assert [s["exit_status"] for s in collector.stops] == ["fail"]
     assert "reference is all zero" in collector.stops[0]["reason"]
 
@@ -78,3 +82,28 @@ def test_demo_classifies_clusters_as_the_truth_says(tmp_path):
         assert row["texture"] == row["true_texture"], row
         assert row["suspicious"] == (row["ratio"] > 0.33)
     assert list((tmp_path / "raw").glob("*.h5"))
+
+
+def test_the_runengine_does_not_wait_for_the_processor(tmp_path, monkeypatch):
+    import threading
+
+    import acquisition.projection as projection
+
+    release = threading.Event()
+    real = projection.analyse_projection
+
+    def slow(*args, **kwargs):
+        release.wait(10)  # processing takes "long"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("acquisition.processing.analyse_projection", slow)
+    instrument = simulated_instrument(small_config(rows=48, cols=48), write_path=tmp_path / "raw")
+    collector = DerivedCollector()
+    processor = darkfield_router(out_dir=tmp_path, publish=collector)
+    engine = RunEngine({})
+    engine.subscribe(processor)
+    engine(darkfield_projection(instrument, dark_frames=1, steps=3, exposure_s=1.0))
+    assert collector.stops == []  # the scan finished while processing still waits
+    release.set()
+    processor.wait()
+    assert [s["exit_status"] for s in collector.stops] == ["success"]

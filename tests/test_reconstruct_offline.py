@@ -24,8 +24,10 @@ def recorded_run(tmp_path):
     collector = DerivedCollector()
     engine = RunEngine({})
     engine.subscribe(run_recorder(tmp_path))
-    engine.subscribe(darkfield_router(out_dir=tmp_path / "live", publish=collector))
+    processor = darkfield_router(out_dir=tmp_path / "live", publish=collector)
+    engine.subscribe(processor)
     (uid,) = engine(darkfield_projection(instrument, dark_frames=2))
+    processor.wait()
     return tmp_path / f"run_{uid[:8]}.h5", collector.clusters
 
 
