@@ -137,3 +137,27 @@ def test_progress_counts_every_frame_of_the_plan(instrument):
     engine(darkfield_projection(instrument, dark_frames=2, steps=4, exposure_s=1.0, sample="s1"))
     text = out.getvalue()
     assert "darkfield_projection s1" in text and "10/10" in text and "success" in text
+
+
+def drifting_instrument(tmp_path, drift_rad_per_s):
+    import dataclasses
+
+    config = small_config(rows=32, cols=40)
+    interferometer = dataclasses.replace(config.setup.interferometer, phase_drift_rad_per_s=drift_rad_per_s)
+    config = dataclasses.replace(config, setup=dataclasses.replace(config.setup, interferometer=interferometer))
+    return simulated_instrument(config, write_path=tmp_path / f"raw{drift_rad_per_s}")
+
+
+@pytest.mark.parametrize("drift, references", [(0.0, 1), (0.05, 4)])
+def test_mosaic_refreshes_the_reference_when_the_fringes_drift(tmp_path, drift, references):
+    instrument = drifting_instrument(tmp_path, drift)
+    engine = RunEngine({})
+    documents = collect(engine)
+    # each tile takes 3 x 1 s + a 3 s probe: 0.05 rad/s drifts 0.3 rad between probes
+    engine(darkfield_mosaic(instrument, rows=2, columns=2, overlap=0.1, steps=3, dark_frames=1,
+                            exposure_s=1.0, max_phase_drift_rad=0.2))
+    events = events_by_stream(documents)
+    assert len(events["reference"]) == references * 3
+    assert len(events["phase_probe"]) == 3 * (references + 3)
+    assert len(events["primary"]) == 4 * 3
+    assert instrument.tube.shutter.get() == 0

@@ -15,6 +15,7 @@ from ophyd import Signal
 
 from ..dose import planned_dose_mgy
 from ..instrument import Instrument
+from .drift import phase_drift, probe_fringe_phase
 from .safety import close_shutter
 from .settings import check, check_stage_position, finite, stepping_settings, whole
 from .stubs import STREAMS, DoseTally, dark_set, prepare_source, start_metadata, stepping_set
@@ -45,10 +46,14 @@ def tile_positions(rows: int, columns: int, step_mm: tuple[float, float],
 
 def darkfield_mosaic(instrument: Instrument, *, rows: int = 4, columns: int = 4, overlap: float = 0.1,
                      origin_mm=None, snake: bool = True, reference_every: int | None = None,
+                     max_phase_drift_rad: float | None = None,
                      steps=None, exposure_s=None, dark_frames=None, kv=None, ma=None,
                      reference_position_mm=None, sample=None, operator=None, md=None):
     """A rows x columns mosaic of phase-stepping tiles with ``overlap`` (fraction) between
-    neighbours.  Raises PlanArgumentError when called for anything out of range."""
+    neighbours.  The reference is refreshed every ``reference_every`` tiles and, with
+    ``max_phase_drift_rad``, whenever a quick open-beam probe after a tile finds the fringe
+    phase moved further than that since the last reference.  Raises PlanArgumentError when
+    called for anything out of range."""
     cfg = instrument.config.instrument
     settings = stepping_settings(instrument, steps=steps, exposure_s=exposure_s,
                                  dark_frames=dark_frames, kv=kv, ma=ma, sample=sample,
@@ -58,6 +63,8 @@ def darkfield_mosaic(instrument: Instrument, *, rows: int = 4, columns: int = 4,
     check(finite(overlap) and 0 <= overlap < 0.5, f"overlap={overlap!r}: must be in [0, 0.5)")
     if reference_every is not None:
         whole(reference_every, "reference_every", 1)
+    check(max_phase_drift_rad is None or (finite(max_phase_drift_rad) and 0 < max_phase_drift_rad < 3.2),
+          f"max_phase_drift_rad={max_phase_drift_rad!r}: must be in (0, pi] rad")
     origin = check_stage_position(instrument, "origin_mm", origin_mm or cfg.stage.sample_position_mm)
     reference_position = check_stage_position(
         instrument, "reference_position_mm", reference_position_mm or cfg.stage.reference_position_mm)
@@ -81,23 +88,36 @@ def darkfield_mosaic(instrument: Instrument, *, rows: int = 4, columns: int = 4,
     start_md.update({
         "mosaic": {"rows": rows, "columns": columns, "overlap": overlap, "snake": snake,
                    "step_mm": list(step), "origin_mm": list(origin), "tiles": tiles,
-                   "reference_every": reference_every},
-        "total_frames": settings.dark_frames + (references + len(tiles)) * settings.steps,
+                   "reference_every": reference_every, "max_phase_drift_rad": max_phase_drift_rad},
+        "total_frames": settings.dark_frames + (references + len(tiles)) * settings.steps
+        + (3 * (references + len(tiles) - 1) if max_phase_drift_rad is not None else 0),
         **(md or {}),
     })
 
     tally = DoseTally(instrument, settings.thickness_mm)
 
+    def reference(extra):
+        yield from stepping_set(instrument, settings, STREAMS["reference"], reference_position, extra)
+        if max_phase_drift_rad is not None:
+            phase["reference"] = yield from probe_fringe_phase(instrument, settings, reference_position, extra)
+
+    phase = {}
+
     def body():
+        extra = (tile_index,)
         yield from prepare_source(instrument, settings)
-        yield from dark_set(instrument, settings, (tile_index,))
+        yield from dark_set(instrument, settings, extra)
+        drifted = False
         for tile in tiles:
-            if tile["tile"] == 0 or (reference_every and tile["tile"] % reference_every == 0):
-                yield from stepping_set(instrument, settings, STREAMS["reference"],
-                                        reference_position, (tile_index,))
+            if tile["tile"] == 0 or drifted or (reference_every and tile["tile"] % reference_every == 0):
+                yield from reference(extra)
             yield from _set_tile(tile_index, tile["tile"])
             yield from stepping_set(instrument, settings, STREAMS["sample"],
-                                    (tile["x_mm"], tile["y_mm"]), (tile_index,), tally)
+                                    (tile["x_mm"], tile["y_mm"]), extra, tally)
+            last = tile["tile"] == len(tiles) - 1
+            if max_phase_drift_rad is not None and not last:
+                now = yield from probe_fringe_phase(instrument, settings, reference_position, extra)
+                drifted = abs(phase_drift(now, phase["reference"])) > max_phase_drift_rad
 
     plan = bpp.run_wrapper(bpp.finalize_wrapper(body(), tally.record), md=start_md)
     plan = bpp.stage_wrapper(plan, [instrument.detector])
