@@ -1,6 +1,7 @@
 """Mosaics, the dose model, and suspension on the source's interlock."""
 
 import threading
+import time
 
 import pytest
 from bluesky import RunEngine
@@ -92,9 +93,15 @@ def test_interlock_trip_suspends_repeats_the_set_and_keeps_every_frame(instrumen
             streams[doc["uid"]] = doc["name"]
         if name == "event" and streams[doc["descriptor"]] == "reference":
             seen["reference"] += 1
-            if seen["reference"] == 4:
-                instrument.tube.trip_interlock()
-                threading.Timer(0.3, instrument.tube.clear_interlock).start()
+            if seen["reference"] == 4:  # the door opens mid-set, and closes again
+
+                def door():
+                    instrument.tube.trip_interlock()
+                    time.sleep(0.3)
+                    instrument.tube.clear_interlock()
+
+                threading.Thread(target=door).start()
+                time.sleep(0.05)  # the trip lands while the set is under way
 
     engine.subscribe(trip_once)
     engine(darkfield_projection(instrument, dark_frames=1, steps=5, exposure_s=1.0))
