@@ -13,6 +13,7 @@ RunEngine.
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -79,7 +80,6 @@ class ProjectionProcessor(event_model.DocumentRouter):
         self.out_dir = out_dir
         self.publish = publish
         self.submit = submit
-        self.processed = False
 
     def start(self, doc):
         self.parent_uid = doc["uid"]
@@ -93,9 +93,11 @@ class ProjectionProcessor(event_model.DocumentRouter):
         self.stream_of: dict[str, str] = {}
         self.image_key: str | None = None
         self.g2_key = doc.get("motors", ["g2"])[0]
-        self.frames = ProjectionFrames(darks=[], reference={}, sample={})
-        self.stepping = {self.streams["reference"]: self.frames.reference,
-                         self.streams["sample"]: self.frames.sample}
+        self.mosaic = doc.get("mosaic")
+        self.darks: list[np.ndarray] = []
+        self.reference: dict[int, tuple[float, np.ndarray]] = {}
+        self.tiles: dict[int, dict[int, tuple[float, np.ndarray]]] = {}
+        self.done: set[int] = set()
 
     def descriptor(self, doc):
         self.stream_of[doc["uid"]] = doc["name"]
@@ -105,51 +107,62 @@ class ProjectionProcessor(event_model.DocumentRouter):
 
     def event(self, doc):
         stream = self.stream_of.get(doc["descriptor"])
-        if self.image_key not in doc["data"]:
+        data = doc["data"]
+        if self.image_key not in data:
             return
-        frame = np.asarray(doc["data"][self.image_key], dtype=np.float64)
+        frame = np.asarray(data[self.image_key], dtype=np.float64)
         if stream == self.streams["dark"]:
-            self.frames.darks = (self.frames.darks + [frame])[-max(self.dark_count, 1):]
-        elif stream in self.stepping:
-            x_um = float(doc["data"][self.g2_key])
-            step = int(np.argmin(np.abs(self.positions_um - x_um)))
-            self.stepping[stream][step] = (x_um, frame)  # a repeated set replaces its frames
-            if self._complete():
-                self._process_safely()
+            self.darks = (self.darks + [frame])[-max(self.dark_count, 1):]
+            return
+        if stream not in (self.streams["reference"], self.streams["sample"]):
+            return  # e.g. the mosaic's phase probes
+        x_um = float(data[self.g2_key])
+        step = int(np.argmin(np.abs(self.positions_um - x_um)))
+        if stream == self.streams["reference"]:
+            if step == 0 and len(self.reference) == self.steps:
+                self.reference = {}  # a new (or repeated) reference set begins
+            self.reference[step] = (x_um, frame)
+            return
+        tile = int(data.get("tile", 0))
+        self.tiles.setdefault(tile, {})[step] = (x_um, frame)  # a repeated set replaces frames
+        self._process_complete()
 
     def stop(self, doc):
-        if not self.processed and self._complete():
-            self._process_safely()
+        self._process_complete()
 
-    def _complete(self) -> bool:
-        return all(len(frames) == self.steps for frames in self.stepping.values())
+    def _process_complete(self) -> None:
+        """Hand every complete, unprocessed tile (a snapshot) to the worker."""
+        if len(self.reference) != self.steps:
+            return
+        for tile, frames in self.tiles.items():
+            if tile not in self.done and len(frames) == self.steps:
+                self.done.add(tile)
+                snapshot = ProjectionFrames(list(self.darks), dict(self.reference), dict(frames))
+                self.submit(functools.partial(self._run_and_publish, tile, snapshot))
 
-    def _process_safely(self) -> None:
-        """Hand a snapshot of the complete projection to the worker."""
-        self.processed = True
-        self.frames = ProjectionFrames(list(self.frames.darks), dict(self.frames.reference),
-                                       dict(self.frames.sample))
-        self.submit(self._run_and_publish)
-
-    def _run_and_publish(self) -> None:
-        run = event_model.compose_run(metadata={
+    def _run_and_publish(self, tile: int, frames: ProjectionFrames) -> None:
+        metadata = {
             "parent_uid": self.parent_uid,
             "plan_name": "darkfield_retrieval",
             "sample": self.start_doc.get("sample", {}),
             "detector_pixel": self.start_doc.get("detector_pixel", {}),
-        })
+        }
+        if self.mosaic:
+            metadata["tile"] = next(t for t in self.mosaic["tiles"] if t["tile"] == tile)
+        run = event_model.compose_run(metadata=metadata)
         self.publish("start", run.start_doc)
         try:
-            self._process(run)
+            self._process(run, tile, frames)
         except Exception as err:  # a failed processor reports, it never stops a scan
             log.exception("dark-field processing of run %s failed", self.parent_uid)
             self.publish("stop", run.compose_stop(exit_status="fail", reason=repr(err)))
         else:
             self.publish("stop", run.compose_stop())
 
-    def _process(self, run) -> None:
-        analysis = analyse_projection(self.frames, self.period_um)
-        path = write_derived(self.out_dir / f"derived_{self.parent_uid[:8]}.h5",
+    def _process(self, run, tile: int, frames: ProjectionFrames) -> None:
+        analysis = analyse_projection(frames, self.period_um)
+        suffix = f"_tile{tile:02d}" if self.mosaic else ""
+        path = write_derived(self.out_dir / f"derived_{self.parent_uid[:8]}{suffix}.h5",
                              analysis.retrieval, analysis.labels, analysis.clusters, self.parent_uid)
         self._publish_images(run, path, analysis.labels.shape)
         self._publish_clusters(run, analysis.clusters)

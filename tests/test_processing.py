@@ -107,3 +107,28 @@ def test_the_runengine_does_not_wait_for_the_processor(tmp_path, monkeypatch):
     release.set()
     processor.wait()
     assert [s["exit_status"] for s in collector.stops] == ["success"]
+
+
+def test_each_mosaic_tile_is_processed_with_the_latest_reference(tmp_path):
+    from acquisition.plans import darkfield_mosaic
+
+    phantom = Phantom(slab=TissueSlab(), clusters=(cluster_preset("coarse", (0.0, 0.0), seed=3),))
+    instrument = simulated_instrument(small_config(rows=64, cols=64), write_path=tmp_path / "raw",
+                                      phantom=phantom)
+    starts = []
+    collector = DerivedCollector()
+
+    def publish(name, doc):
+        collector(name, doc)
+        if name == "start":
+            starts.append(doc)
+
+    processor = darkfield_router(out_dir=tmp_path, publish=publish)
+    engine = RunEngine({})
+    engine.subscribe(processor)
+    engine(darkfield_mosaic(instrument, rows=1, columns=2, overlap=0.0, steps=3, dark_frames=1,
+                            exposure_s=1.0, reference_every=1))
+    processor.wait()
+    assert [s["tile"]["tile"] for s in starts] == [0, 1]
+    assert [s["exit_status"] for s in collector.stops] == ["success", "success"]
+    assert sorted(p.name[-9:] for p in tmp_path.glob("derived_*_tile*.h5")) == ["tile00.h5", "tile01.h5"]
