@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import integrate
 
-from reconstruction import fit_stepping, retrieve
+from reconstruction import fit_stepping
 from simulators.physics import Detector, Interferometer, Setup, TubeState, expected_frame, simulate_frame
 from simulators.physics.darkfield import sphere_autocorrelation
 from simulators.physics.engine import defect_map

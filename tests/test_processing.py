@@ -4,7 +4,6 @@ import dataclasses
 import json
 
 import h5py
-import pytest
 from bluesky import RunEngine
 from event_model import DocumentNames, schema_validators
 

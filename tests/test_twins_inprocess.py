@@ -1,6 +1,5 @@
 """The in-process twins: stepping curves, files and documents, time scaling, refusals."""
 
-import dataclasses
 import time
 
 import h5py

@@ -62,13 +62,15 @@ def pixel_grid(setup: Setup) -> tuple[np.ndarray, np.ndarray]:
     return y, x
 
 
+def _blocks(image: np.ndarray, binning: int) -> np.ndarray:
+    """A (rows, binning, cols, binning) view of whole ``binning`` x ``binning`` blocks."""
+    rows, cols = (s // binning * binning for s in image.shape)
+    return image[:rows, :cols].reshape(rows // binning, binning, cols // binning, binning)
+
+
 def bin_sum(image: np.ndarray, binning: int) -> np.ndarray:
     """Sum ``binning`` x ``binning`` blocks (the region is cropped to whole blocks)."""
-    if binning == 1:
-        return image
-    rows, cols = (s // binning * binning for s in image.shape)
-    view = image[:rows, :cols].reshape(rows // binning, binning, cols // binning, binning)
-    return view.sum(axis=(1, 3))
+    return image if binning == 1 else _blocks(image, binning).sum(axis=(1, 3))
 
 
 @functools.lru_cache(maxsize=6)
@@ -124,11 +126,8 @@ def scene(setup: Setup, phantom: Phantom | None, stage_mm: tuple[float, float], 
 
 
 def _bin_labels(labels: np.ndarray, binning: int) -> np.ndarray:
-    if binning == 1:
-        return labels
-    rows, cols = (s // binning * binning for s in labels.shape)
-    view = labels[:rows, :cols].reshape(rows // binning, binning, cols // binning, binning)
-    return view.max(axis=(1, 3))
+    """A binned pixel carries any cluster label inside it (the largest)."""
+    return labels if binning == 1 else _blocks(labels, binning).max(axis=(1, 3))
 
 
 def _slab_profile(phantom: Phantom, u: np.ndarray, v: np.ndarray) -> np.ndarray:

@@ -9,22 +9,13 @@ Goal (issue 3): a frame in under 0.3 s on 2 cores.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import numpy as np
+from timing import median_seconds
 
 from simulators.physics import PhantomSpec, Setup, TubeState, build_phantom, simulate_frame
 from simulators.physics.scene import scene
-
-
-def median_seconds(function, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -11,11 +11,10 @@ Goals (issue 4): retrieve <= 5x the read pass, >= 10x faster than the FFT, memor
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 import tracemalloc
 
 import numpy as np
+from timing import median_seconds
 
 from reconstruction import fit_stepping, retrieve
 
@@ -52,15 +51,6 @@ def naive_fft_retrieval(stack: np.ndarray, reference, dark: np.ndarray):
         v = (a1 / a0) / reference.visibility
         dphi = np.angle(np.exp(1j * (phi - reference.phi)))
         return t, v, dphi, -np.log(t), -np.log(v)
-
-
-def median_seconds(function, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def main() -> None:
