@@ -11,6 +11,7 @@ from .corrections import correct_drift, debias_amplitude, interpolate_reference
 from .microtexture import SUSPICIOUS_RATIO, TABLE_1, TEXTURES, Microtexture, classify_microtexture
 from .normalisation import normalise_to_surroundings, surrounding_tissue
 from .retrieval import Retrieval, retrieve
+from .roc import RocCurve, confusion_at, roc_curve
 from .segmentation import calcified_mask, segment_clusters
 from .stepping import SteppingFit, fit_stepping, wrap_phase
 
@@ -20,4 +21,5 @@ __all__ = [
     "fit_stepping", "normalise_to_surroundings", "retrieve", "segment_clusters",
     "surrounding_tissue", "wrap_phase",
     "correct_drift", "debias_amplitude", "interpolate_reference",
+    "RocCurve", "confusion_at", "roc_curve",
 ]
