@@ -8,6 +8,7 @@ See docs/reconstruction.md.
 
 from .clusters import ClusterAnalysis, analyse_clusters
 from .corrections import correct_drift, debias_amplitude, interpolate_reference
+from .microct import Particle, particles, surface_distribution, table1_descriptor
 from .microtexture import SUSPICIOUS_RATIO, TABLE_1, TEXTURES, Microtexture, classify_microtexture
 from .normalisation import normalise_to_surroundings, surrounding_tissue
 from .retrieval import Retrieval, retrieve
@@ -22,4 +23,5 @@ __all__ = [
     "surrounding_tissue", "wrap_phase",
     "correct_drift", "debias_amplitude", "interpolate_reference",
     "RocCurve", "confusion_at", "roc_curve",
+    "Particle", "particles", "surface_distribution", "table1_descriptor",
 ]
