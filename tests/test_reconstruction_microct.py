@@ -39,7 +39,7 @@ def test_table1_descriptors():
     assert table1_descriptor(particles(spheres((20, 20, 60), small), 0.5, voxel)) == "ultra-fine"
     mixed = small[:2] + [((10, 10, 40), 8)]  # plus r = 200 um
     assert table1_descriptor(particles(spheres((20, 20, 60), mixed), 0.5, voxel)) == "fine"
-    pleo = small + [((30, 30, 30), 11)]  # plus r = 275 um
+    pleo = small + [((30, 30, 30), 12)]  # plus r = 300 um
     found = particles(spheres((45, 45, 60), pleo), 0.5, voxel)
     assert 0.25 <= surface_distribution(found)["large"] <= 0.75
     assert table1_descriptor(found) == "pleomorphic"
