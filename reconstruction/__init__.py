@@ -13,6 +13,7 @@ from .microtexture import SUSPICIOUS_RATIO, TABLE_1, TEXTURES, Microtexture, cla
 from .normalisation import normalise_to_surroundings, surrounding_tissue
 from .retrieval import Retrieval, retrieve
 from .roc import RocCurve, confusion_at, roc_curve
+from .stitching import Mosaic, Tile, place_tiles, refine_offsets, stitch
 from .segmentation import calcified_mask, segment_clusters
 from .stepping import SteppingFit, fit_stepping, wrap_phase
 
@@ -24,4 +25,5 @@ __all__ = [
     "correct_drift", "debias_amplitude", "interpolate_reference",
     "RocCurve", "confusion_at", "roc_curve",
     "Particle", "particles", "surface_distribution", "table1_descriptor",
+    "Mosaic", "Tile", "place_tiles", "refine_offsets", "stitch",
 ]

@@ -1,0 +1,155 @@
+"""Mosaics: tiles placed from stage positions, refined by phase correlation, feathered.
+
+Sign convention (the instrument's): the stage carries the specimen, so a stage move of
++dx mm moves the specimen's image by +dx/pixel_mm columns (+dy: rows).  A sample point u
+is seen in a tile taken at stage position s at pixel (u + s)/pixel_mm from the tile
+centre; the mosaic is built in sample coordinates, so tile k sits at the offset
+``-s_k/pixel_mm`` (rows from y, columns from x), shifted so the first row/column is 0.
+
+Overlaps are refined by phase correlation of the neighbours' absorption images and a
+least-squares solve of all pairwise shifts (the first tile fixed); tiles are then placed
+at whole pixels and blended with feathered weights (a linear ramp of ``feather_px`` from
+each tile edge): mu = -ln T and eps = -ln V are averaged (the log domain, where tissue
+adds), dphi as a circular mean.  NaN pixels contribute nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+MIN_PEAK = 0.2
+"""Phase-correlation peaks weaker than this (thin overlaps, no structure) are not trusted."""
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One retrieved tile: T, V (visibility ratio), dphi (rad) and its stage position (mm)."""
+
+    transmission: np.ndarray
+    dark_field: np.ndarray
+    differential_phase: np.ndarray
+    stage_mm: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class Mosaic:
+    transmission: np.ndarray
+    dark_field: np.ndarray
+    differential_phase: np.ndarray
+    absorption: np.ndarray
+    scattering: np.ndarray
+    offsets_px: list[tuple[int, int]]
+    """(row, column) of each tile's first pixel in the mosaic."""
+    weight: np.ndarray
+
+
+def place_tiles(stage_positions_mm, pixel_mm: float) -> np.ndarray:
+    """(n, 2) float offsets (rows, columns) of the tiles in the mosaic from stage positions."""
+    if not pixel_mm > 0:
+        raise ValueError(f"pixel_mm must be > 0, got {pixel_mm}")
+    stage = np.asarray(stage_positions_mm, dtype=np.float64).reshape(-1, 2)
+    offsets = -stage[:, ::-1] / pixel_mm  # (y, x) -> (rows, columns)
+    return offsets - offsets.min(axis=0)
+
+
+def _shift_between(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float]:
+    """(rows, cols) by which ``b``'s content lies displaced against ``a``'s, and the peak
+    strength, by phase correlation (NaN -> mean)."""
+    a = np.where(np.isfinite(a), a, np.nanmean(a)) - np.nanmean(a)
+    b = np.where(np.isfinite(b), b, np.nanmean(b)) - np.nanmean(b)
+    window = np.outer(np.hanning(a.shape[0]), np.hanning(a.shape[1]))
+    cross = np.fft.fft2(b * window) * np.conj(np.fft.fft2(a * window))
+    cross /= np.abs(cross) + 1e-12
+    correlation = np.fft.ifft2(cross).real
+    peak = np.unravel_index(np.argmax(correlation), correlation.shape)
+    shift = np.array([p if p <= n // 2 else p - n for p, n in zip(peak, correlation.shape)], float)
+    return shift, float(correlation.max())
+
+
+def refine_offsets(tiles: list[Tile], offsets: np.ndarray, *, max_shift_px: int = 10,
+                   min_overlap_px: int = 16) -> np.ndarray:
+    """Offsets corrected by phase correlation of every overlapping pair (tile 0 fixed)."""
+    offsets = np.asarray(offsets, dtype=np.float64)
+    rows, cols = tiles[0].transmission.shape
+    start = np.rint(offsets).astype(int)
+    equations = []
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mu = [-np.log(t.transmission) for t in tiles]
+    for i in range(len(tiles)):
+        for j in range(i + 1, len(tiles)):
+            top, left = np.maximum(start[i], start[j])
+            bottom = min(start[i][0], start[j][0]) + rows
+            right = min(start[i][1], start[j][1]) + cols
+            if bottom - top < min_overlap_px or right - left < min_overlap_px:
+                continue
+            a = mu[i][top - start[i][0]:bottom - start[i][0], left - start[i][1]:right - start[i][1]]
+            b = mu[j][top - start[j][0]:bottom - start[j][0], left - start[j][1]:right - start[j][1]]
+            shift, strength = _shift_between(a, b)
+            if np.all(np.abs(shift) <= max_shift_px) and strength > MIN_PEAK:
+                # b's content displaced by +shift: tile j sits shift too far in the mosaic
+                equations.append((i, j, (start[j] - start[i]) - shift))
+    if not equations:
+        return offsets
+    n = len(tiles)
+    matrix = np.zeros((len(equations) + 1, n))
+    rhs = np.zeros((len(equations) + 1, 2))
+    for k, (i, j, difference) in enumerate(equations):
+        matrix[k, i], matrix[k, j] = -1, 1
+        rhs[k] = difference
+    matrix[-1, 0] = 1  # tile 0 stays where the stage put it
+    rhs[-1] = start[0]
+    solved, *_ = np.linalg.lstsq(matrix, rhs, rcond=None)
+    connected = np.zeros(n, bool)
+    connected[0] = True
+    for i, j, _ in equations:
+        connected[[i, j]] = True
+    return np.where(connected[:, None], solved, offsets)
+
+
+def _feather(shape: tuple[int, int], feather_px: int) -> np.ndarray:
+    rows = np.minimum(np.arange(shape[0]), np.arange(shape[0])[::-1]) + 1
+    cols = np.minimum(np.arange(shape[1]), np.arange(shape[1])[::-1]) + 1
+    ramp = np.minimum(rows[:, None], cols[None, :]) / max(feather_px, 1)
+    return np.minimum(ramp, 1.0).astype(np.float32)
+
+
+def stitch(tiles: list[Tile], pixel_mm: float, *, refine: bool = True, feather_px: int = 32) -> Mosaic:
+    """The mosaic of ``tiles`` taken at their stage positions (effective pixel ``pixel_mm``)."""
+    if not tiles:
+        raise ValueError("no tiles to stitch")
+    shape = tiles[0].transmission.shape
+    for k, t in enumerate(tiles):
+        if not (t.transmission.shape == t.dark_field.shape == t.differential_phase.shape == shape):
+            raise ValueError(f"tile {k} has images of shape {t.transmission.shape}, "
+                             f"{t.dark_field.shape}, {t.differential_phase.shape}; tile 0 {shape}")
+    offsets = place_tiles([t.stage_mm for t in tiles], pixel_mm)
+    if refine and len(tiles) > 1:
+        offsets = refine_offsets(tiles, offsets)
+    placed = np.rint(offsets - offsets.min(axis=0)).astype(int)
+    total = (placed[:, 0].max() + shape[0], placed[:, 1].max() + shape[1])
+    mu_sum, eps_sum = np.zeros(total, np.float32), np.zeros(total, np.float32)
+    phase_sum = np.zeros(total, np.complex64)
+    weight_mu, weight_eps, weight_phase = (np.zeros(total, np.float32) for _ in range(3))
+    feather = _feather(shape, feather_px)
+    for tile, (r, c) in zip(tiles, placed):
+        window = (slice(r, r + shape[0]), slice(c, c + shape[1]))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mu = -np.log(np.asarray(tile.transmission, np.float32))
+            eps = -np.log(np.asarray(tile.dark_field, np.float32))
+        for value, sums, weights in ((mu, mu_sum, weight_mu), (eps, eps_sum, weight_eps)):
+            w = feather * np.isfinite(value)
+            sums[window] += np.nan_to_num(value, nan=0.0, posinf=0.0, neginf=0.0) * w
+            weights[window] += w
+        phase = np.asarray(tile.differential_phase, np.float32)
+        w = feather * np.isfinite(phase)
+        phase_sum[window] += np.exp(1j * np.nan_to_num(phase)).astype(np.complex64) * w
+        weight_phase[window] += w
+    with np.errstate(divide="ignore", invalid="ignore"):
+        absorption = np.where(weight_mu > 0, mu_sum / weight_mu, np.nan)
+        scattering = np.where(weight_eps > 0, eps_sum / weight_eps, np.nan)
+        phase = np.where(weight_phase > 0, np.angle(phase_sum), np.nan)
+    return Mosaic(np.exp(-absorption), np.exp(-scattering), phase, absorption, scattering,
+                  [tuple(map(int, p)) for p in placed], weight_mu)
