@@ -25,7 +25,7 @@ import numpy as np
 
 from .derived_store import IMAGES, write_derived
 from .frames import HANDLERS
-from .projection import ProjectionFrames, analyse_projection
+from .projection import ProjectionFrames, SetAssembler, analyse_projection
 
 log = logging.getLogger(__name__)
 
@@ -85,19 +85,13 @@ class ProjectionProcessor(event_model.DocumentRouter):
         self.parent_uid = doc["uid"]
         self.start_doc = doc
         stepping = doc["phase_stepping"]
-        self.steps = stepping["steps"]
         self.period_um = stepping["period_um"]
-        self.positions_um = np.asarray(stepping["positions_um"], float)
-        self.dark_count = stepping["dark_frames"]
         self.streams = stepping["streams"]
         self.stream_of: dict[str, str] = {}
         self.image_key: str | None = None
         self.g2_key = doc.get("motors", ["g2"])[0]
         self.mosaic = doc.get("mosaic")
-        self.darks: list[np.ndarray] = []
-        self.reference: dict[int, tuple[float, np.ndarray]] = {}
-        self.tiles: dict[int, dict[int, tuple[float, np.ndarray]]] = {}
-        self.done: set[int] = set()
+        self.sets = SetAssembler(stepping["positions_um"], stepping["dark_frames"], self.streams)
 
     def descriptor(self, doc):
         self.stream_of[doc["uid"]] = doc["name"]
@@ -106,39 +100,20 @@ class ProjectionProcessor(event_model.DocumentRouter):
                 self.image_key = key
 
     def event(self, doc):
-        stream = self.stream_of.get(doc["descriptor"])
         data = doc["data"]
         if self.image_key not in data:
             return
         frame = np.asarray(data[self.image_key], dtype=np.float64)
-        if stream == self.streams["dark"]:
-            self.darks = (self.darks + [frame])[-max(self.dark_count, 1):]
-            return
-        if stream not in (self.streams["reference"], self.streams["sample"]):
-            return  # e.g. the mosaic's phase probes
-        x_um = float(data[self.g2_key])
-        step = int(np.argmin(np.abs(self.positions_um - x_um)))
-        if stream == self.streams["reference"]:
-            if step == 0 and len(self.reference) == self.steps:
-                self.reference = {}  # a new (or repeated) reference set begins
-            self.reference[step] = (x_um, frame)
-            return
-        tile = int(data.get("tile", 0))
-        self.tiles.setdefault(tile, {})[step] = (x_um, frame)  # a repeated set replaces frames
-        self._process_complete()
+        ready = self.sets.add(self.stream_of.get(doc["descriptor"]), float(data.get(self.g2_key, np.nan)),
+                              frame, int(data.get("tile", 0)))
+        self._submit(ready)
 
     def stop(self, doc):
-        self._process_complete()
+        self._submit(self.sets.complete())
 
-    def _process_complete(self) -> None:
-        """Hand every complete, unprocessed tile (a snapshot) to the worker."""
-        if len(self.reference) != self.steps:
-            return
-        for tile, frames in self.tiles.items():
-            if tile not in self.done and len(frames) == self.steps:
-                self.done.add(tile)
-                snapshot = ProjectionFrames(list(self.darks), dict(self.reference), dict(frames))
-                self.submit(functools.partial(self._run_and_publish, tile, snapshot))
+    def _submit(self, ready) -> None:
+        for tile, frames in ready:
+            self.submit(functools.partial(self._run_and_publish, tile, frames))
 
     def _run_and_publish(self, tile: int, frames: ProjectionFrames) -> None:
         metadata = {

@@ -1,9 +1,10 @@
 """``talbot-lau reconstruct RUN.h5 ...``: offline retrieval and classification of stored runs.
 
 Each run record (``acquisition.run_record``) names its raw frames; they are read through
-the one frame loader, analysed by the same code as the live processor
-(``acquisition.projection``), and written as ``derived_<uid>.h5`` and
-``report_<uid>.json`` (one row per cluster) in the output directory.
+the one frame loader, sorted into sets and analysed by the same code as the live processor
+(``acquisition.projection``); a mosaic's tiles are retrieved one by one, stitched
+(``reconstruction.stitch``) and classified as one image.  Results go to
+``derived_<uid>.h5`` and ``report_<uid>.json`` (one row per cluster).
 """
 
 from __future__ import annotations
@@ -15,38 +16,47 @@ import numpy as np
 
 from .derived_store import write_derived
 from .frames import HDF5FrameHandler
-from .projection import ProjectionFrames, analyse_projection
+from reconstruction import Tile, stitch
+
+from .projection import ProjectionFrames, SetAssembler, analyse_projection, classify_image, retrieve_projection
 from .run_record import read_run_record
 
 
-def load_projection(record) -> ProjectionFrames:
-    """The frames of a recorded projection, read from their files."""
+def load_sets(record) -> list[tuple[int, ProjectionFrames]]:
+    """Every complete (tile, frames) set of a recorded run, read from the frame files."""
     stepping = record.start["phase_stepping"]
-    streams = stepping["streams"]
-    positions = np.asarray(stepping["positions_um"], float)
+    sets = SetAssembler(stepping["positions_um"], stepping["dark_frames"], stepping["streams"])
     handlers: dict[str, HDF5FrameHandler] = {}
-    frames = ProjectionFrames(darks=[], reference={}, sample={})
-    sets = {streams["reference"]: frames.reference, streams["sample"]: frames.sample}
+    ready = []
     for row in record.frames:
-        stream = row["stream"].decode() if isinstance(row["stream"], bytes) else row["stream"]
-        file = row["file"].decode() if isinstance(row["file"], bytes) else row["file"]
+        file = _text(row["file"])
         handler = handlers.setdefault(file, HDF5FrameHandler(file))
-        frame = handler(int(row["point"])).astype(np.float64)
-        if stream == streams["dark"]:
-            frames.darks.append(frame)
-        elif stream in sets:
-            step = int(np.argmin(np.abs(positions - row["g2_um"])))
-            sets[stream][step] = (float(row["g2_um"]), frame)
-    for name, found in (("reference", frames.reference), ("sample", frames.sample)):
-        if len(found) != stepping["steps"]:
-            raise ValueError(f"the run has {len(found)} of {stepping['steps']} {name} steps")
-    return frames
+        ready += sets.add(_text(row["stream"]), float(row["g2_um"]),
+                          handler(int(row["point"])).astype(np.float64), int(row["tile"]))
+    if not ready:
+        raise ValueError(f"the run holds no complete phase-stepping set ({len(record.frames)} frames)")
+    return ready
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def reconstruct_run(path: str | Path, out_dir: str | Path) -> list[dict]:
     """Reconstruct one recorded run; returns its report rows."""
     record = read_run_record(path)
-    analysis = analyse_projection(load_projection(record), record.start["phase_stepping"]["period_um"])
+    period = record.start["phase_stepping"]["period_um"]
+    sets = load_sets(record)
+    mosaic = record.start.get("mosaic")
+    if mosaic:
+        stage = {t["tile"]: (t["x_mm"], t["y_mm"]) for t in mosaic["tiles"]}
+        tiles = []
+        for tile, frames in sets:
+            result = retrieve_projection(frames, period)
+            tiles.append(Tile(result.transmission, result.dark_field, result.differential_phase, stage[tile]))
+        analysis = classify_image(stitch(tiles, record.start["detector_pixel"]["sample_pixel_mm"]))
+    else:
+        analysis = analyse_projection(sets[-1][1], period)
     uid = record.start["uid"]
     out = Path(out_dir)
     write_derived(out / f"derived_{uid[:8]}.h5", analysis.retrieval, analysis.labels,

@@ -3,7 +3,7 @@
 ``run_recorder(out_dir)`` is an ``event_model.RunRouter`` (not filling: it keeps the file
 references) that writes ``run_<uid>.h5`` at the run's stop: the start and stop documents
 as JSON attributes and one row per frame (stream, G2 position um, stage x/y mm, file,
-point number).  ``read_run_record(path)`` gives them back; the frames themselves are read
+point number, mosaic tile).  ``read_run_record(path)`` gives them back; the frames themselves are read
 through ``acquisition.frames``.
 """
 
@@ -19,7 +19,8 @@ import h5py
 import numpy as np
 
 FRAME_ROW = np.dtype([("stream", h5py.string_dtype()), ("g2_um", "f8"), ("stage_x_mm", "f8"),
-                      ("stage_y_mm", "f8"), ("file", h5py.string_dtype()), ("point", "i8")])
+                      ("stage_y_mm", "f8"), ("file", h5py.string_dtype()), ("point", "i8"),
+                      ("tile", "i8")])
 
 
 def run_recorder(out_dir: str | Path):
@@ -66,7 +67,7 @@ class RunRecorder(event_model.DocumentRouter):
         resource, point = self.datums[data[self.image_key]]
         self.rows.append((self.streams[doc["descriptor"]], float(data.get("g2", np.nan)),
                           float(data.get("stage_x", np.nan)), float(data.get("stage_y", np.nan)),
-                          self.files[resource], point))
+                          self.files[resource], point, int(data.get("tile", 0))))
 
     def stop(self, doc):
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -82,7 +83,7 @@ class RunRecord:
     start: dict
     stop: dict
     frames: np.ndarray
-    """Structured rows: stream, g2_um, stage_x_mm, stage_y_mm, file, point."""
+    """Structured rows: stream, g2_um, stage_x_mm, stage_y_mm, file, point, tile."""
 
 
 class RunRecordError(ValueError):

@@ -58,3 +58,22 @@ def test_cli_names_broken_inputs_and_keeps_going(recorded_run, tmp_path, capsys)
         reconstruct_run(path, tmp_path / "again")
     with pytest.raises(RunRecordError, match="no such file"):
         read_run_record(tmp_path / "missing.h5")
+
+
+def test_a_recorded_mosaic_is_stitched_and_classified(tmp_path):
+    import h5py
+
+    from acquisition.plans import darkfield_mosaic
+
+    phantom = Phantom(TissueSlab(), (cluster_preset("coarse", (0.0, 0.0), seed=5),))
+    instrument = simulated_instrument(small_config(rows=64, cols=64), write_path=tmp_path / "raw",
+                                      phantom=phantom)
+    engine = RunEngine({})
+    engine.subscribe(run_recorder(tmp_path))
+    (uid,) = engine(darkfield_mosaic(instrument, rows=1, columns=2, overlap=0.25, steps=3,
+                                     dark_frames=1, exposure_s=1.0))
+    rows = reconstruct_run(tmp_path / f"run_{uid[:8]}.h5", tmp_path / "offline")
+    with h5py.File(tmp_path / "offline" / f"derived_{uid[:8]}.h5", "r") as f:
+        shape = f["entry/derived/transmission"].shape
+    assert shape[0] == 64 and 64 < shape[1] <= 2 * 64  # two tiles side by side, overlapping
+    assert [r["texture"] for r in rows] == ["coarse"]  # the cluster, once, across the seam
