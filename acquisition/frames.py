@@ -89,5 +89,13 @@ class DerivedImageHandler:
         self._file.close()
 
 
+def image_key(descriptor: dict) -> str | None:
+    """The data key of a descriptor whose values are frames in files (2-D, external)."""
+    for key, info in descriptor["data_keys"].items():
+        if info.get("external") and len(info.get("shape", [])) >= 2:
+            return key
+    return None
+
+
 HANDLERS = {"AD_HDF5": HDF5FrameHandler, "TL_DERIVED_HDF5": DerivedImageHandler}
 """The handler registry for ``event_model.Filler`` / ``RunRouter``."""

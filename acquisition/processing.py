@@ -24,7 +24,7 @@ import event_model
 import numpy as np
 
 from .derived_store import IMAGES, write_derived
-from .frames import HANDLERS
+from .frames import HANDLERS, image_key
 from .projection import ProjectionFrames, SetAssembler, analyse_projection
 
 log = logging.getLogger(__name__)
@@ -95,9 +95,7 @@ class ProjectionProcessor(event_model.DocumentRouter):
 
     def descriptor(self, doc):
         self.stream_of[doc["uid"]] = doc["name"]
-        for key, info in doc["data_keys"].items():
-            if info.get("external") and len(info.get("shape", [])) >= 2:
-                self.image_key = key
+        self.image_key = image_key(doc) or self.image_key
 
     def event(self, doc):
         data = doc["data"]

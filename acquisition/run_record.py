@@ -18,6 +18,8 @@ import event_model
 import h5py
 import numpy as np
 
+from .frames import image_key
+
 FRAME_ROW = np.dtype([("stream", h5py.string_dtype()), ("g2_um", "f8"), ("stage_x_mm", "f8"),
                       ("stage_y_mm", "f8"), ("file", h5py.string_dtype()), ("point", "i8"),
                       ("tile", "i8")])
@@ -50,9 +52,7 @@ class RunRecorder(event_model.DocumentRouter):
 
     def descriptor(self, doc):
         self.streams[doc["uid"]] = doc["name"]
-        for key, info in doc["data_keys"].items():
-            if info.get("external") and len(info.get("shape", [])) >= 2:
-                self.image_key = key
+        self.image_key = image_key(doc) or self.image_key
 
     def resource(self, doc):
         self.files[doc["uid"]] = os.path.join(doc["root"], doc["resource_path"])
