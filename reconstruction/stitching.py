@@ -130,26 +130,32 @@ def stitch(tiles: list[Tile], pixel_mm: float, *, refine: bool = True, feather_p
         offsets = refine_offsets(tiles, offsets)
     placed = np.rint(offsets - offsets.min(axis=0)).astype(int)
     total = (placed[:, 0].max() + shape[0], placed[:, 1].max() + shape[1])
-    mu_sum, eps_sum = np.zeros(total, np.float32), np.zeros(total, np.float32)
-    phase_sum = np.zeros(total, np.complex64)
-    weight_mu, weight_eps, weight_phase = (np.zeros(total, np.float32) for _ in range(3))
+    sums = {name: np.zeros(total, np.float32) for name in ("mu", "eps", "cos", "sin")}
+    weights = {name: np.zeros(total, np.float32) for name in ("mu", "eps", "phase")}
     feather = _feather(shape, feather_px)
     for tile, (r, c) in zip(tiles, placed):
         window = (slice(r, r + shape[0]), slice(c, c + shape[1]))
         with np.errstate(divide="ignore", invalid="ignore"):
-            mu = -np.log(np.asarray(tile.transmission, np.float32))
-            eps = -np.log(np.asarray(tile.dark_field, np.float32))
-        for value, sums, weights in ((mu, mu_sum, weight_mu), (eps, eps_sum, weight_eps)):
-            w = feather * np.isfinite(value)
-            sums[window] += np.nan_to_num(value, nan=0.0, posinf=0.0, neginf=0.0) * w
-            weights[window] += w
-        phase = np.asarray(tile.differential_phase, np.float32)
-        w = feather * np.isfinite(phase)
-        phase_sum[window] += np.exp(1j * np.nan_to_num(phase)).astype(np.complex64) * w
-        weight_phase[window] += w
+            values = {"mu": -np.log(np.asarray(tile.transmission, np.float32)),
+                      "eps": -np.log(np.asarray(tile.dark_field, np.float32)),
+                      "phase": np.asarray(tile.differential_phase, np.float32)}
+        for name, value in values.items():
+            ok = np.isfinite(value)
+            w = np.where(ok, feather, np.float32(0))
+            weights[name][window] += w
+            value = np.where(ok, value, np.float32(0))
+            if name == "phase":  # a circular mean: average the unit vectors
+                sums["cos"][window] += np.cos(value) * w
+                sums["sin"][window] += np.sin(value) * w
+            else:
+                sums[name][window] += value * w
     with np.errstate(divide="ignore", invalid="ignore"):
-        absorption = np.where(weight_mu > 0, mu_sum / weight_mu, np.nan)
-        scattering = np.where(weight_eps > 0, eps_sum / weight_eps, np.nan)
-        phase = np.where(weight_phase > 0, np.angle(phase_sum), np.nan)
+        absorption = np.divide(sums["mu"], weights["mu"], out=np.full(total, np.nan, np.float32),
+                               where=weights["mu"] > 0)
+        scattering = np.divide(sums["eps"], weights["eps"], out=np.full(total, np.nan, np.float32),
+                               where=weights["eps"] > 0)
+        phase = np.arctan2(sums["sin"], sums["cos"])
+        phase[weights["phase"] == 0] = np.nan
+    weight_mu = weights["mu"]
     return Mosaic(np.exp(-absorption), np.exp(-scattering), phase, absorption, scattering,
                   [tuple(map(int, p)) for p in placed], weight_mu)
