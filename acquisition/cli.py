@@ -26,6 +26,15 @@ def main(argv: list[str] | None = None) -> int:
     session.add_argument("--publish", metavar="HOST:PORT",
                          help="also publish every document to a 0MQ proxy (e.g. 127.0.0.1:5577)")
     session.add_argument("-c", dest="lines", help="run these IPython lines and exit")
+    ioc = commands.add_parser("ioc", help="serve the Channel Access twins (loopback unless "
+                              "EPICS_CAS_INTF_ADDR_LIST says otherwise; port EPICS_CA_SERVER_PORT)")
+    ioc.add_argument("--prefix", help="PV prefix (default: epics.prefix of the config)")
+    ioc.add_argument("--config", help="instrument YAML")
+    ioc.add_argument("--simulation", help="simulation YAML")
+    ioc.add_argument("--write-path", help="where the detector twin writes its HDF5 files "
+                     "(default: epics.write_path of the config)")
+    ioc.add_argument("--time-scale", type=float, help="wall seconds per recorded second")
+    ioc.add_argument("--region", type=_region, help="detector read-out region first_row,first_col,rows,cols")
     proxy = commands.add_parser("proxy", help="bluesky's 0MQ proxy on this machine")
     proxy.add_argument("--in-port", type=int, default=5577)
     proxy.add_argument("--out-port", type=int, default=5578)
@@ -62,12 +71,49 @@ def main(argv: list[str] | None = None) -> int:
         return start_session(simulated_instrument(config, write_path=out / "raw"), out,
                              kind="simulated", command=args.lines, with_monitor=args.monitor,
                              publish=args.publish)
+    if args.command == "ioc":
+        return _serve_ioc(args, config)
     if args.command == "demo":
         from .demo import run_demo
 
         rows = run_demo(args.out, config)
         return 0 if rows else 1
     return 2
+
+
+def _region(text: str) -> tuple[int, int, int, int]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"--region must be first_row,first_col,rows,cols, got {text!r}")
+    return values
+
+
+def _serve_ioc(args, config) -> int:
+    """``talbot-lau ioc``: the twins over Channel Access until Ctrl-C."""
+    import dataclasses
+    import os
+
+    from .instrument import serve_ioc_twin
+
+    if args.region is not None:
+        detector = dataclasses.replace(config.setup.detector, region=args.region)
+        config = dataclasses.replace(config, setup=dataclasses.replace(config.setup, detector=detector))
+    overrides = {} if args.time_scale is None else {"time_scale": args.time_scale}
+    prefix = args.prefix or config.instrument.epics.prefix
+    print(f"serving {prefix}g2, {prefix}stage:x/y, {prefix}tube:, {prefix}det:cam1:/HDF1: on "
+          f"{os.environ.get('EPICS_CAS_INTF_ADDR_LIST', '127.0.0.1')} port "
+          f"{os.environ.get('EPICS_CA_SERVER_PORT', '5064')}; Ctrl-C ends", flush=True)
+    try:
+        serve_ioc_twin(config, prefix=prefix, write_path=args.write_path, **overrides)
+    except ValueError as err:
+        print(f"talbot-lau: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def _remote(args) -> int:

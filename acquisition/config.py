@@ -74,6 +74,8 @@ class ScanConfig:
     exposure_s: float = 9.0
     max_exposure_s: float = 30.0
     dark_frames: int = 5
+    max_frame_s: float = 4.5
+    """Longest single panel frame (s); a longer exposure is a sum of equal frames."""
 
 
 @dataclass(frozen=True)
@@ -285,6 +287,7 @@ def _check_instrument(inst: InstrumentConfig, where: str) -> None:
     _require(0 < scan.exposure_s <= scan.max_exposure_s, where, "scan.exposure_s",
              f"must be in (0, max_exposure_s={scan.max_exposure_s}]")
     _require(scan.dark_frames >= 0, where, "scan.dark_frames", "must be >= 0")
+    _require(scan.max_frame_s > 0, where, "scan.max_frame_s", "must be > 0")
     for f in dataclasses.fields(inst.dose):
         value = getattr(inst.dose, f.name)
         _require(value > 0, where, f"dose.{f.name}", f"must be > 0, got {value}")

@@ -1,4 +1,4 @@
-"""Build the instrument the plans run on: the simulated twins (or, later, the EPICS devices).
+"""Build the instrument the plans run on: the in-process twins or the EPICS devices.
 
 Plans never ask which kind they got: both expose ``tube``, ``g2``, ``stage`` and ``detector``
 with the same component names (DESIGN.md rule 2).
@@ -6,6 +6,7 @@ with the same component names (DESIGN.md rule 2).
 
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,34 @@ class Instrument:
         return (self.tube, self.g2, self.stage, self.detector)
 
 
+def twin_options(config: Config) -> dict:
+    """The configuration both kinds of twin take: limits (um, mm), settle (s), tube limits,
+    time scale and seed."""
+    inst, sim = config.instrument, config.simulation
+    return dict(time_scale=sim.time_scale, seed=sim.seed, g2_limits_um=inst.g2.limits_um,
+                stage_limits_mm=(inst.stage.x_limits_mm, inst.stage.y_limits_mm),
+                g2_settle_s=inst.g2.settle_s, kv_max=inst.tube.kv_max, ma_max=inst.tube.ma_max)
+
+
+def serve_ioc_twin(config: Config | None = None, *, prefix: str | None = None,
+                   write_path: str | Path | None = None, phantom=None, **overrides) -> None:
+    """Serve the Channel Access twins of ``config`` until SIGINT (``talbot-lau ioc``).
+
+    On the interfaces of ``EPICS_CAS_INTF_ADDR_LIST`` (loopback when unset) and the port
+    ``EPICS_CA_SERVER_PORT`` (5064 when unset); ``overrides`` replace ``twin_options``.
+    """
+    from simulators.ioc import run_ioc
+    from simulators.physics import build_phantom
+
+    config = config or load_config()
+    inst = config.instrument
+    options = twin_options(config) | dict(g2_start_um=inst.g2.start_um, kv=inst.tube.kv,
+                                          ma=inst.tube.ma) | overrides
+    run_ioc(inst.epics.prefix if prefix is None else prefix, config.setup,
+            build_phantom(config.simulation.phantom) if phantom is None else phantom,
+            write_path=write_path or inst.epics.write_path, **options)
+
+
 def simulated_instrument(
     config: Config | None = None, *, write_path: str | Path | None = None, phantom=None
 ) -> Instrument:
@@ -51,13 +80,7 @@ def simulated_instrument(
         config.setup,
         build_phantom(sim.phantom) if phantom is None else phantom,
         write_path=Path(write_path),
-        time_scale=sim.time_scale,
-        seed=sim.seed,
-        g2_limits_um=inst.g2.limits_um,
-        stage_limits_mm=(inst.stage.x_limits_mm, inst.stage.y_limits_mm),
-        g2_settle_s=inst.g2.settle_s,
-        kv_max=inst.tube.kv_max,
-        ma_max=inst.tube.ma_max,
+        **twin_options(config),
     )
     for signal, value in ((twins.tube.kv, inst.tube.kv), (twins.tube.ma, inst.tube.ma)):
         signal.set(value).wait(timeout=5)
@@ -65,3 +88,48 @@ def simulated_instrument(
         tube=twins.tube, g2=twins.g2, stage=twins.stage, detector=twins.detector,
         config=config, world=twins.world,
     )
+
+
+class InstrumentNotConnected(ConnectionError):
+    """Some PVs of the EPICS instrument did not answer."""
+
+
+def epics_instrument(
+    config: Config | None = None, *, prefix: str | None = None,
+    write_path: str | Path | None = None, connect_timeout_s: float = 10.0,
+) -> Instrument:
+    """The instrument's ``devices/`` classes over Channel Access, connected.
+
+    PVs under ``prefix`` (default ``epics.prefix`` of the config): ``g2``, ``stage:x``,
+    ``stage:y``, ``tube:``, ``det:cam1:``, ``det:HDF1:``; ``write_path`` (default
+    ``epics.write_path``) is the detector IOC's file directory.  Raises
+    :class:`InstrumentNotConnected` naming the missing PVs; nothing is written to a PV.
+    """
+    import devices
+
+    config = config or load_config()
+    inst = config.instrument
+    prefix = inst.epics.prefix if prefix is None else prefix
+    if not isinstance(prefix, str) or not prefix:
+        raise ValueError(f"prefix must be a non-empty string, got {prefix!r}")
+    built = Instrument(
+        tube=devices.XRayTube(prefix + "tube:", name="tube"),
+        g2=devices.PiezoStepper(prefix + "g2", name="g2", settle_time=0.0,
+                                tolerance_um=inst.g2.tolerance_um),
+        stage=devices.SampleStage(prefix, name="stage"),
+        detector=devices.PaxScanDetector(prefix, name="detector",
+                                         write_path=write_path or inst.epics.write_path),
+        config=config,
+    )
+    missing = []
+    for device in built.devices:
+        try:
+            device.wait_for_connection(timeout=connect_timeout_s)
+        except TimeoutError as err:
+            missing.append(f"{device.name}: {err}")
+    if missing:
+        addresses = os.environ.get("EPICS_CA_ADDR_LIST", "(unset)")
+        raise InstrumentNotConnected(
+            f"EPICS instrument at prefix {prefix!r} did not connect within {connect_timeout_s} s "
+            f"(EPICS_CA_ADDR_LIST={addresses}); is the IOC running?\n  " + "\n  ".join(missing))
+    return built

@@ -1,18 +1,24 @@
 """The Varian PaxScan 2520D flat panel as an ophyd areaDetector (cam + HDF5 plugin).
 
 PVs ``P + "det:cam1:"`` (an ADVarian-style cam) and ``P + "det:HDF1:"`` (ADCore's HDF5
-plugin).  Frames are written by the IOC to ``/entry/data/data`` and the documents carry
-Resource/Datum references (spec ``AD_HDF5``), the same shape as the simulated twin.
-A 9 s exposure may be a sum of shorter frames: set ``cam.num_exposures``.
+plugin in Stream mode).  Frames are written by the IOC to ``/entry/data/data`` and the
+documents carry Resource/Datum references (spec ``AD_HDF5``): one 2-D image per event,
+described as ``[rows, cols]``, the same shape as the simulated twin.  The panel caps a
+single frame at a few seconds, so a 9 s exposure is ``AcquireTime`` x ``NumExposures``
+summed into one image.
 """
 
 from ophyd import ADComponent as ADCpt
 from ophyd import Component as Cpt
 from ophyd.areadetector import DetectorBase, SingleTrigger
-from ophyd.areadetector.cam import AreaDetectorCam
 from ophyd.areadetector.base import EpicsSignalWithRBV
+from ophyd.areadetector.cam import AreaDetectorCam
 from ophyd.areadetector.filestore_mixins import FileStoreHDF5IterativeWrite
 from ophyd.areadetector.plugins import HDF5Plugin_V34
+
+CAM_CONFIGURATION = ("acquire_time", "num_exposures", "image_mode", "num_images", "trigger_mode",
+                     "gain_mode", "offset_correction", "gain_correction", "manufacturer", "model")
+"""The cam settings recorded in every descriptor (the twin records the same names)."""
 
 
 class PaxScanCam(AreaDetectorCam):
@@ -28,13 +34,26 @@ class HDF5PluginWithFileStore(HDF5Plugin_V34, FileStoreHDF5IterativeWrite):
 
 
 class PaxScanDetector(SingleTrigger, DetectorBase):
-    """PaxScan flat panel; the image field of a detector named ``detector`` is ``detector_image``."""
+    """PaxScan flat panel; the image field of a detector named ``detector`` is ``detector_image``.
+
+    ``write_path``: the directory the IOC writes into, as the IOC's host sees it.
+    """
 
     cam = Cpt(PaxScanCam, "det:cam1:")
-    hdf1 = Cpt(HDF5PluginWithFileStore, "det:HDF1:", write_path_template="/data/talbot-lau/",
-               read_attrs=[])
+    hdf1 = Cpt(HDF5PluginWithFileStore, "det:HDF1:", write_path_template="/data/talbot-lau/")
 
     def __init__(self, prefix="", *, name, write_path=None, **kwargs):
         super().__init__(prefix, name=name, **kwargs)
         if write_path is not None:
             self.hdf1.write_path_template = str(write_path).rstrip("/") + "/"
+        self.read_attrs = ["hdf1"]  # the image reference is the event's only reading
+        self.hdf1.read_attrs = []
+        self.cam.configuration_attrs = list(CAM_CONFIGURATION)
+        self.hdf1.configuration_attrs = []
+        self.stage_sigs["cam.num_images"] = 1  # one image (a sum of NumExposures frames) a trigger
+
+    def make_data_key(self):
+        """The image field's data key: one ``[rows, cols]`` frame an event."""
+        key = super().make_data_key()
+        key["shape"] = list(key["shape"][1:])
+        return key

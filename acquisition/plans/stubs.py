@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from importlib import metadata
+import math
 
 import bluesky.plan_stubs as bps
 from ophyd import Signal
 
 from ..dose import dose_rate_mgy_per_s
 from ..instrument import Instrument
+from ..nexus import software_version
 from .safety import close_shutter, open_shutter
 from .settings import SteppingSettings
 
@@ -30,7 +31,16 @@ def prepare_source(instrument: Instrument, settings: SteppingSettings):
     yield from bps.mv(tube.ma, min(settings.ma, float(tube.ma.get())))
     yield from bps.mv(tube.kv, settings.kv)
     yield from bps.mv(tube.ma, settings.ma)
-    yield from bps.mv(instrument.detector.cam.acquire_time, settings.exposure_s)
+    frame_s, frames = panel_frames(settings.exposure_s, instrument.config.instrument.scan.max_frame_s)
+    cam = instrument.detector.cam
+    yield from bps.mv(cam.acquire_time, frame_s, cam.num_exposures, frames)
+
+
+def panel_frames(exposure_s: float, max_frame_s: float) -> tuple[float, int]:
+    """An exposure (s) as ``frames`` equal panel frames of at most ``max_frame_s`` (s) each,
+    summed by the detector into one image (areaDetector's NumExposures)."""
+    frames = max(1, math.ceil(exposure_s / max_frame_s - 1e-9))
+    return exposure_s / frames, frames
 
 
 def dark_set(instrument: Instrument, settings: SteppingSettings, extra=()):
@@ -111,7 +121,7 @@ def start_metadata(instrument: Instrument, settings: SteppingSettings, plan_name
                            "sample_pixel_mm": det.pixel_um * det.binning / 1000.0
                            / setup.geometry.magnification},
         "config_digest": config.digest,
-        "software_version": _version(),
+        "software_version": software_version(),
     }
 
 
@@ -121,10 +131,3 @@ def _plain(value):
     if isinstance(value, (tuple, list)):
         return [_plain(v) for v in value]
     return value
-
-
-def _version() -> str:
-    try:
-        return metadata.version("talbot-lau")
-    except metadata.PackageNotFoundError:
-        return "unknown"

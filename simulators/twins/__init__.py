@@ -15,7 +15,7 @@ from ophyd import Device
 
 from simulators.physics import Phantom, Setup
 
-from .motor import SimMotor
+from .motor import G2_VELOCITY_UM_S, STAGE_VELOCITY_MM_S, SimMotor, SimPiezo
 from .paxscan import SimPaxScan
 from .tube import RefusedCommand, SimTube
 from .world import SimWorld
@@ -24,13 +24,13 @@ from .world import SimWorld
 class SimSampleStage(Device):
     """Sample stage twin: ``x`` and ``y`` motors in mm."""
 
-    x = Cpt(SimMotor, "x", egu="mm")
-    y = Cpt(SimMotor, "y", egu="mm")
+    x = Cpt(SimMotor, "x", egu="mm", velocity=STAGE_VELOCITY_MM_S)
+    y = Cpt(SimMotor, "y", egu="mm", velocity=STAGE_VELOCITY_MM_S)
 
 
 class Twins(NamedTuple):
     tube: SimTube
-    g2: SimMotor
+    g2: SimPiezo
     stage: SimSampleStage
     detector: SimPaxScan
     world: SimWorld
@@ -42,16 +42,17 @@ def build_twins(setup: Setup, phantom: Phantom | None, *, write_path: Path, time
                 g2_settle_s: float = 0.05, kv_max: float = 50.0, ma_max: float = 100.0) -> Twins:
     """The four twins sharing one :class:`SimWorld` (device names tube, g2, stage, detector)."""
     world = SimWorld(setup=setup, phantom=phantom, time_scale=time_scale, seed=seed)
-    g2 = SimMotor(name="g2", limits=g2_limits_um, egu="um", move_time_s=g2_settle_s,
-                  time_scale=time_scale, labels={"motors"})
+    g2 = SimPiezo(name="g2", limits=g2_limits_um, egu="um", velocity=G2_VELOCITY_UM_S,
+                  settle_s=g2_settle_s, time_scale=time_scale, labels={"motors"})
     stage = SimSampleStage(name="stage", labels={"motors"})
     for motor, limits in ((stage.x, stage_limits_mm[0]), (stage.y, stage_limits_mm[1])):
         motor._limits = (float(limits[0]), float(limits[1]))
+        motor.time_scale = float(time_scale)
     tube = SimTube(name="tube", kv_max=kv_max, ma_max=ma_max, labels={"source"})
     detector = SimPaxScan(name="detector", world=world, write_path=write_path, labels={"detectors"})
     world.g2, world.stage, world.tube = g2, stage, tube
     return Twins(tube, g2, stage, detector, world)
 
 
-__all__ = ["RefusedCommand", "SimMotor", "SimPaxScan", "SimSampleStage", "SimTube", "SimWorld",
+__all__ = ["RefusedCommand", "SimMotor", "SimPiezo", "SimPaxScan", "SimSampleStage", "SimTube", "SimWorld",
            "Twins", "build_twins"]

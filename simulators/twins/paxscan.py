@@ -24,19 +24,27 @@ from simulators.physics import detector_shape
 
 
 class SimCam(Device):
-    """The cam plugin's settings: exposure per frame (s), frames summed per image."""
+    """The cam's settings, named as ``devices.PaxScanCam``'s: exposure per frame (s),
+    frames summed per image, one image a trigger, gain mode and corrections."""
 
     acquire_time = Cpt(Signal, value=9.0, kind="config")
     num_exposures = Cpt(Signal, value=1, kind="config")
+    image_mode = Cpt(Signal, value="Multiple", kind="config")
+    num_images = Cpt(Signal, value=1, kind="config")
+    trigger_mode = Cpt(Signal, value="Internal", kind="config")
+    gain_mode = Cpt(Signal, value=0, kind="config")
+    offset_correction = Cpt(Signal, value="Disable", kind="config")
+    gain_correction = Cpt(Signal, value="Disable", kind="config")
+    manufacturer = Cpt(Signal, value="Varian", kind="config")
+    model = Cpt(Signal, value="PaxScan 2520D (in-process twin)", kind="config")
     acquire = Cpt(Signal, value=0, kind="omitted")
-    image_mode = Cpt(Signal, value="Single", kind="config")
     array_counter = Cpt(Signal, value=0, kind="omitted")
 
 
 class SimHDF5(Device):
     """The HDF5 plugin's file settings and counters."""
 
-    file_path = Cpt(Signal, value="", kind="config")
+    file_path = Cpt(Signal, value="", kind="omitted")
     file_name = Cpt(Signal, value="", kind="omitted")
     full_file_name = Cpt(Signal, value="", kind="omitted")
     num_captured = Cpt(Signal, value=0, kind="omitted")

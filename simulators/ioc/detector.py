@@ -1,0 +1,148 @@
+"""The PaxScan flat panel served over CA: an areaDetector cam (``P + "det:cam1:"``) feeding
+the HDF5 plugin (``P + "det:HDF1:"``).
+
+``Acquire`` = 1 takes ``NumImages`` images (1 in ImageMode Single); each is one frame of
+``AcquireTime * NumExposures`` recorded seconds (a long exposure as a sum of panel frames)
+made by the physics engine through ``SimWorld.frame`` for the G2, stage and tube readbacks
+at the start of the exposure, computed in an executor thread so motor ticks keep running.
+The wall time of an image is the recorded exposure times ``time_scale``.  At the end of
+each image the cam's ArrayCounter and the plugin's file are updated first, then
+``Acquire_RBV`` -> 0 (ophyd's ``SingleTrigger`` waits for that edge).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from caproto import ChannelType
+from caproto.server import PVGroup, SubGroup, pvproperty
+
+from .ad_records import DATA_TYPES, DETECTOR_STATES, DISABLE_ENABLE, readback, setting
+from .hdf5_plugin import HDF5PluginGroup
+
+IMAGE_MODES = ("Single", "Multiple", "Continuous")
+MIN_IMAGE_WALL_S = 0.05
+"""Shortest wall time of an image however small the time scale: ophyd's ``SingleTrigger``
+returns its status only after ``generate_datum``; an Acquire_RBV 1 -> 0 edge before that
+is lost and leaves ``trigger()`` returning None."""
+
+
+class PaxScanCamGroup(PVGroup):
+    """ADBase cam PVs plus the PaxScan's GainMode/OffsetCorrection/GainCorrection."""
+
+    acquire = pvproperty(name="Acquire", value="Done", dtype=ChannelType.ENUM,
+                         enum_strings=("Done", "Acquire"))
+    acquire_rbv = readback("Acquire_RBV", "Done", enum_strings=("Done", "Acquiring"))
+    acquire_time, acquire_time_rbv = setting("AcquireTime", 9.0, precision=3, units="s")
+    acquire_period, acquire_period_rbv = setting("AcquirePeriod", 9.0, precision=3, units="s")
+    image_mode, image_mode_rbv = setting("ImageMode", 0, enum_strings=IMAGE_MODES)
+    num_images, num_images_rbv = setting("NumImages", 1)
+    num_images_counter = readback("NumImagesCounter_RBV", 0)
+    num_exposures, num_exposures_rbv = setting("NumExposures", 1)
+    trigger_mode, trigger_mode_rbv = setting("TriggerMode", 0, enum_strings=("Internal", "External"))
+    array_callbacks, array_callbacks_rbv = setting("ArrayCallbacks", 1, enum_strings=DISABLE_ENABLE)
+    array_counter, array_counter_rbv = setting("ArrayCounter", 0)
+    array_size_x = readback("ArraySizeX_RBV", 0)
+    array_size_y = readback("ArraySizeY_RBV", 0)
+    array_size_z = readback("ArraySizeZ_RBV", 0)
+    array_size = readback("ArraySize_RBV", 0)
+    data_type = pvproperty(name="DataType", value="UInt16", dtype=ChannelType.ENUM,
+                           enum_strings=DATA_TYPES)
+    data_type_rbv = pvproperty(name="DataType_RBV", value="UInt16", dtype=ChannelType.ENUM,
+                               enum_strings=DATA_TYPES, record="mbbi", read_only=True)
+    color_mode, color_mode_rbv = setting("ColorMode", 0, enum_strings=("Mono", "Bayer", "RGB1"))
+    detector_state = readback("DetectorState_RBV", 0, enum_strings=DETECTOR_STATES)
+    status_message = readback("StatusMessage_RBV", "Idle", text=True)
+    manufacturer = readback("Manufacturer_RBV", "Varian", text="string")
+    model = readback("Model_RBV", "PaxScan 2520D (simulated)", text="string")
+    port_name = readback("PortName_RBV", "PAX1", text="string")
+    max_size_x = readback("MaxSizeX_RBV", 1920)
+    max_size_y = readback("MaxSizeY_RBV", 1536)
+    gain_mode, gain_mode_rbv = setting("GainMode", 0)
+    offset_correction, offset_correction_rbv = setting("OffsetCorrection", 0,
+                                                       enum_strings=DISABLE_ENABLE)
+    gain_correction, gain_correction_rbv = setting("GainCorrection", 0, enum_strings=DISABLE_ENABLE)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.world = None
+        self.plugin_sink = None
+        self.shape = self.full_shape = (1, 1)
+        self._task: asyncio.Task | None = None
+
+    def configure(self, *, world, plugin_sink, shape, full_shape) -> None:
+        """``world`` makes frames (``SimWorld``), ``plugin_sink`` is the HDF5 plugin's receive."""
+        self.world, self.plugin_sink = world, plugin_sink
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.full_shape = (int(full_shape[0]), int(full_shape[1]))
+
+    @acquire_rbv.startup
+    async def acquire_rbv(self, instance, async_lib):
+        rows, cols = self.shape
+        await self.array_size_x.write(cols)
+        await self.array_size_y.write(rows)
+        await self.array_size.write(rows * cols * 2)
+        await self.max_size_y.write(self.full_shape[0])
+        await self.max_size_x.write(self.full_shape[1])
+
+    @acquire.putter
+    async def acquire(self, instance, value):
+        start = value in ("Acquire", 1)
+        if start and (self._task is None or self._task.done()):
+            await self.acquire_rbv.write("Acquiring")
+            await self.detector_state.write("Acquire")
+            self._task = asyncio.get_running_loop().create_task(self._acquire())
+        elif not start and self._task is not None and not self._task.done():
+            self._task.cancel()
+        return value
+
+    def _images_to_take(self) -> int:
+        mode = self.image_mode.value
+        if mode == "Single":
+            return 1
+        if mode == "Multiple":
+            return max(int(self.num_images.value), 1)
+        return 1_000_000_000  # Continuous: until Acquire = 0
+
+    async def _acquire(self) -> None:
+        loop = asyncio.get_running_loop()
+        taken = 0
+        try:
+            for taken in range(1, self._images_to_take() + 1):
+                exposure = float(self.acquire_time.value) * max(int(self.num_exposures.value), 1)
+                started = time.monotonic()
+                frame = await loop.run_in_executor(None, self.world.frame, exposure)
+                wait = max(exposure * self.world.time_scale, MIN_IMAGE_WALL_S) - (time.monotonic() - started)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                await self.detector_state.write("Readout")
+                if self.array_callbacks.value == "Enable":
+                    await self.plugin_sink(frame)
+                counter = self.array_counter.value + 1
+                await self.array_counter.write(counter, verify_value=False)
+                await self.array_counter_rbv.write(counter)
+                await self.num_images_counter.write(taken)
+                await self.detector_state.write("Acquire")
+        except asyncio.CancelledError:
+            await self.detector_state.write("Aborted")
+        except Exception as err:  # noqa: BLE001  a failed frame is an Error state, not a dead IOC
+            await self.detector_state.write("Error")
+            await self.status_message.write(str(err)[:200])
+        else:
+            await self.detector_state.write("Idle")
+        await self.acquire.write("Done", verify_value=False)
+        await self.acquire_rbv.write("Done")
+
+
+class PaxScanGroup(PVGroup):
+    """The detector's IOC: ``cam1:`` and ``HDF1:`` under the group's prefix (``P + "det:"``)."""
+
+    cam = SubGroup(PaxScanCamGroup, prefix="cam1:")
+    hdf1 = SubGroup(HDF5PluginGroup, prefix="HDF1:")
+
+    def configure(self, *, world, shape, full_shape=(1536, 1920)) -> None:
+        """Frames of ``shape`` (rows, cols) from ``world`` (a ``SimWorld``)."""
+        self.hdf1.configure(shape=shape)
+        self.cam.configure(world=world, plugin_sink=self.hdf1.receive, shape=shape,
+                           full_shape=full_shape)

@@ -1,0 +1,136 @@
+"""ADCore's HDF5 file plugin (``P + "det:HDF1:"``) in Stream mode, writing with h5py.
+
+``Capture`` = 1 opens ``FileTemplate % (FilePath, FileName, FileNumber)``, increments
+``FileNumber`` (AutoIncrement Yes) and appends every frame the cam sends to
+``/entry/data/data`` (N, rows, cols, uint16), flushing each one; ``Capture`` = 0, or
+``NumCapture`` frames when it is > 0, closes the file.  The file is written in SWMR mode,
+so frames can be read while it is open.  The plugin looks primed (ArraySize* of the
+frame) so ophyd's ``HDF5Plugin.stage()`` accepts it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+from caproto import ChannelType
+from caproto.server import PVGroup, pvproperty
+
+from .ad_records import DATA_TYPES, DISABLE_ENABLE, NO_YES, readback, setting
+
+WRITE_MODES = ("Single", "Capture", "Stream")
+
+
+class HDF5PluginGroup(PVGroup):
+    """NDFileHDF5 plugin: ``shape`` (rows, cols) of the frames, ``cam_port`` its source."""
+
+    plugin_type = readback("PluginType_RBV", "NDFileHDF5", text="string")
+    port_name = readback("PortName_RBV", "HDF1", text="string")
+    nd_array_port, nd_array_port_rbv = setting("NDArrayPort", "PAX1", text="string")
+    enable, enable_rbv = setting("EnableCallbacks", 1, enum_strings=DISABLE_ENABLE)
+    blocking, blocking_rbv = setting("BlockingCallbacks", 1, enum_strings=NO_YES)
+    array_counter, array_counter_rbv = setting("ArrayCounter", 0)
+    array_size0 = readback("ArraySize0_RBV", 0)
+    array_size1 = readback("ArraySize1_RBV", 0)
+    array_size2 = readback("ArraySize2_RBV", 0)
+    data_type = readback("DataType_RBV", "UInt16", enum_strings=DATA_TYPES)
+    file_path, file_path_rbv = setting("FilePath", "", text=True)
+    file_path_exists = readback("FilePathExists_RBV", 0, enum_strings=NO_YES)
+    create_directory, create_directory_rbv = setting("CreateDirectory", -5)
+    file_name, file_name_rbv = setting("FileName", "", text=True)
+    file_number, file_number_rbv = setting("FileNumber", 0)
+    file_template, file_template_rbv = setting("FileTemplate", "%s%s_%6.6d.h5", text=True)
+    full_file_name = readback("FullFileName_RBV", "", text=True)
+    auto_increment, auto_increment_rbv = setting("AutoIncrement", 1, enum_strings=NO_YES)
+    auto_save, auto_save_rbv = setting("AutoSave", 1, enum_strings=NO_YES)
+    file_write_mode, file_write_mode_rbv = setting("FileWriteMode", 2, enum_strings=WRITE_MODES)
+    capture = pvproperty(name="Capture", value="Done", dtype=ChannelType.ENUM,
+                         enum_strings=("Done", "Capture"))
+    capture_rbv = readback("Capture_RBV", "Done", enum_strings=("Done", "Capturing"))
+    num_capture, num_capture_rbv = setting("NumCapture", 0)
+    num_captured = readback("NumCaptured_RBV", 0)
+    write_status = readback("WriteStatus", 0, enum_strings=("Write OK", "Write error"))
+    write_message = readback("WriteMessage", "", text=True)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.shape = (1, 1)
+        self._file: h5py.File | None = None
+        self._dataset = None
+
+    def configure(self, *, shape) -> None:
+        """(rows, cols) of the frames, before the server starts."""
+        self.shape = (int(shape[0]), int(shape[1]))
+
+    @plugin_type.startup
+    async def plugin_type(self, instance, async_lib):
+        rows, cols = self.shape
+        await self.array_size0.write(cols)
+        await self.array_size1.write(rows)
+
+    @file_path.putter
+    async def file_path(self, instance, value):
+        path = Path(value)
+        if not path.is_dir() and self.create_directory.value != 0:
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError:
+                pass
+        await self.file_path_rbv.write(value)
+        await self.file_path_exists.write(1 if path.is_dir() and os.access(path, os.W_OK) else 0)
+        return value
+
+    @capture.putter
+    async def capture(self, instance, value):
+        if value in ("Capture", 1):
+            if self.file_write_mode.value != "Stream":
+                raise ValueError("only Stream mode is simulated")
+            self._open()
+            await self.full_file_name.write(self._file.filename)
+            await self.num_captured.write(0)
+            if self.auto_increment.value == "Yes":
+                number = self.file_number.value + 1
+                await self.file_number.write(number, verify_value=False)
+                await self.file_number_rbv.write(number)
+            await self.capture_rbv.write("Capturing")
+        else:
+            self._close()
+            await self.capture_rbv.write("Done")
+        return value
+
+    def _open(self) -> None:
+        self._close()
+        filename = self.file_template.value % (self.file_path.value, self.file_name.value,
+                                               self.file_number.value)
+        rows, cols = self.shape
+        self._file = h5py.File(filename, "w", libver="latest")
+        self._dataset = self._file.create_dataset(
+            "entry/data/data", shape=(0, rows, cols), maxshape=(None, rows, cols),
+            dtype="<u2", chunks=(1, rows, cols))
+        self._file.swmr_mode = True
+
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._file, self._dataset = None, None
+
+    async def receive(self, frame: np.ndarray) -> None:
+        """One NDArray from the cam: counted, and appended to the file while capturing."""
+        if self.enable.value != "Enable":
+            return
+        counter = self.array_counter.value + 1
+        await self.array_counter.write(counter, verify_value=False)
+        await self.array_counter_rbv.write(counter)
+        if self._dataset is None:
+            return
+        index = self._dataset.shape[0]
+        self._dataset.resize(index + 1, axis=0)
+        self._dataset[index] = frame
+        self._dataset.flush()
+        await self.num_captured.write(index + 1)
+        if 0 < self.num_capture.value <= index + 1:
+            self._close()
+            await self.capture.write("Done", verify_value=False)
+            await self.capture_rbv.write("Done")

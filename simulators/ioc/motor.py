@@ -1,0 +1,162 @@
+"""A motor record served by caproto: the G2 piezo and the sample-stage axes over CA.
+
+Every field ophyd's ``EpicsMotor`` connects exists (caproto's ``MotorFields``); this adds
+the record's behaviour the twins need: the readback moves at VELO (egu per recorded s,
+``time_scale`` wall s per recorded s), DMOV pulses 1 -> 0 -> 1 on every move (also a null
+move), MOVN, a settle of DLY s, STOP (VAL := RBV), and soft limits HLM/LLM published as
+the control limits of VAL.  A put beyond them sets LVIO = 1 and restores VAL with no
+DMOV pulse, as the motor record does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from caproto.server import PVGroup, pvproperty
+from caproto.server.server import PvpropertyDouble
+
+TICK_S = 0.01
+"""Wall seconds between readback updates while moving."""
+
+
+class MotorValue(PvpropertyDouble):
+    """VAL: limits are the record's business (LVIO), not caproto's CannotExceedLimits."""
+
+    async def verify_value(self, value):
+        if self.putter is not None:
+            return await self.putter(self, value)
+        return value
+
+
+class MotorAxis(PVGroup):
+    """One motor record at the group's prefix (``P + "g2"`` serves ``P g2.VAL`` ...).
+
+    ``limits`` (low, high) in ``egu``; ``velocity`` egu/s; ``settle_s`` the DLY field;
+    ``retry_deadband`` the RDBD field; ``on_move`` is called with each new readback.
+    """
+
+    motor = pvproperty(value=0.0, name="", record="motor", dtype=MotorValue, precision=4)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.configure()
+
+    def configure(self, *, limits=(0.0, 0.0), egu="mm", velocity=1.0, settle_s=0.0,
+                  retry_deadband=0.001, start=0.0, time_scale=1.0) -> None:
+        """Set the record's fields before the server starts (SubGroups take no arguments)."""
+        low, high = float(limits[0]), float(limits[1])
+        if low > high:
+            raise ValueError(f"limits: low {low} > high {high}")
+        if velocity <= 0:
+            raise ValueError(f"velocity must be > 0, got {velocity}")
+        if time_scale < 0:
+            raise ValueError(f"time_scale must be >= 0, got {time_scale}")
+        self.limits = (low, high)
+        self.egu, self.velocity, self.settle_s = egu, float(velocity), float(settle_s)
+        self.retry_deadband, self.start = float(retry_deadband), float(start)
+        self.time_scale = float(time_scale)
+        self._target = self.start
+        self._wake: asyncio.Event | None = None
+        self._stop_requested = False
+        self._moving = False
+
+    @property
+    def position(self) -> float:
+        """The readback (RBV) in egu."""
+        return float(self.motor.field_inst.user_readback_value.value)
+
+    @motor.startup
+    async def motor(self, instance, async_lib):
+        fields = instance.field_inst
+        self._wake = asyncio.Event()
+        low, high = self.limits
+        await instance.write(self.start, verify_value=False)
+        await instance.write_metadata(lower_ctrl_limit=low, upper_ctrl_limit=high,
+                                      units=self.egu)
+        await fields.user_low_limit.write(low, verify_value=False)
+        await fields.user_high_limit.write(high, verify_value=False)
+        await fields.engineering_units.write(self.egu)
+        await fields.velocity.write(self.velocity)
+        await fields.readback_settle_time.write(self.settle_s)
+        await fields.retry_deadband.write(self.retry_deadband)
+        await fields.motor_step_size.write(1e-6)
+        await self._publish_readback(fields, self.start)
+        await fields.done_moving_to_value.write(1)
+        await fields.motor_is_moving.write(0)
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self._run_move(instance)
+
+    @motor.putter
+    async def motor(self, instance, value):
+        fields = instance.field_inst
+        low, high = fields.user_low_limit.value, fields.user_high_limit.value
+        if low != high and not low <= value <= high:
+            await fields.limit_violation.write(1)
+            return instance.value  # VAL restored, no DMOV pulse
+        await fields.limit_violation.write(0)
+        self._target = float(value)
+        self._stop_requested = False
+        await fields.done_moving_to_value.write(0)
+        if self._wake is not None:
+            self._wake.set()
+        return value
+
+    @motor.fields.stop.putter
+    async def motor(fields, instance, value):
+        group = fields.parent.group
+        if value:
+            group._stop_requested = True
+            if not group._moving:
+                await fields.parent.write(group.position, verify_value=False)
+        return 0
+
+    @motor.fields.user_high_limit.putter
+    async def motor(fields, instance, value):
+        await fields.parent.write_metadata(upper_ctrl_limit=float(value))
+        fields.parent.group.limits = (fields.parent.group.limits[0], float(value))
+        return value
+
+    @motor.fields.user_low_limit.putter
+    async def motor(fields, instance, value):
+        await fields.parent.write_metadata(lower_ctrl_limit=float(value))
+        fields.parent.group.limits = (float(value), fields.parent.group.limits[1])
+        return value
+
+    async def _publish_readback(self, fields, value: float) -> None:
+        await fields.user_readback_value.write(value)
+        await fields.dial_readback_value.write(value)
+        await fields.raw_readback_value.write(round(value / 1e-6))
+
+    async def _run_move(self, instance) -> None:
+        """Move the readback to the target at VELO, settle DLY, then DMOV 1."""
+        fields = instance.field_inst
+        self._moving = True
+        await fields.motor_is_moving.write(1)
+        while True:
+            rbv = self.position
+            target = self._target
+            if self._stop_requested:
+                self._stop_requested = False
+                self._target = rbv
+                await instance.write(rbv, verify_value=False)
+                break
+            diff = target - rbv
+            if diff == 0.0:
+                break
+            await fields.direction_of_travel.write(1 if diff > 0 else 0)
+            velocity = max(float(fields.velocity.value), 1e-12)
+            step = velocity * TICK_S / self.time_scale if self.time_scale > 0 else abs(diff)
+            rbv = target if abs(diff) <= step else rbv + step * (1 if diff > 0 else -1)
+            await self._publish_readback(fields, rbv)
+            if rbv != target:
+                await asyncio.sleep(TICK_S)
+        settle = float(fields.readback_settle_time.value) * self.time_scale
+        if settle > 0:
+            await asyncio.sleep(settle)
+        self._moving = False
+        if self._wake.is_set():  # a new target arrived while settling: keep moving
+            return
+        await fields.motor_is_moving.write(0)
+        await fields.done_moving_to_value.write(1)
