@@ -112,24 +112,25 @@ def epics_instrument(
     prefix = inst.epics.prefix if prefix is None else prefix
     if not isinstance(prefix, str) or not prefix:
         raise ValueError(f"prefix must be a non-empty string, got {prefix!r}")
-    built = Instrument(
-        tube=devices.XRayTube(prefix + "tube:", name="tube"),
-        g2=devices.PiezoStepper(prefix + "g2", name="g2", settle_time=0.0,
-                                tolerance_um=inst.g2.tolerance_um),
-        stage=devices.SampleStage(prefix, name="stage"),
-        detector=devices.PaxScanDetector(prefix, name="detector",
-                                         write_path=write_path or inst.epics.write_path),
-        config=config,
-    )
-    missing = []
-    for device in built.devices:
+    makers = {
+        "tube": lambda: devices.XRayTube(prefix + "tube:", name="tube"),
+        "g2": lambda: devices.PiezoStepper(prefix + "g2", name="g2", settle_time=0.0,
+                                           tolerance_um=inst.g2.tolerance_um),
+        "stage": lambda: devices.SampleStage(prefix, name="stage"),
+        # ophyd's HDF5 file-store mixin connects one PV while it is built
+        "detector": lambda: devices.PaxScanDetector(prefix, name="detector",
+                                                    write_path=write_path or inst.epics.write_path),
+    }
+    built, missing = {}, []
+    for name, make in makers.items():
         try:
-            device.wait_for_connection(timeout=connect_timeout_s)
+            built[name] = make()
+            built[name].wait_for_connection(timeout=connect_timeout_s)
         except TimeoutError as err:
-            missing.append(f"{device.name}: {err}")
+            missing.append(f"{name}: {err}")
     if missing:
         addresses = os.environ.get("EPICS_CA_ADDR_LIST", "(unset)")
         raise InstrumentNotConnected(
             f"EPICS instrument at prefix {prefix!r} did not connect within {connect_timeout_s} s "
             f"(EPICS_CA_ADDR_LIST={addresses}); is the IOC running?\n  " + "\n  ".join(missing))
-    return built
+    return Instrument(config=config, **built)

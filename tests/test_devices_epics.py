@@ -1,10 +1,14 @@
 """The EPICS device classes: component names match the twins, PVs follow the prefix scheme.
 
-No IOC runs here; these tests check what can be checked without one (issue 5 brings the
-Channel Access twins that run these classes for real).
+No IOC runs here; these tests check what can be checked without one
+(tests/test_ioc_twins.py runs the classes over Channel Access against the IOC twins).
 """
 
+import pytest
+
 import devices
+from acquisition.instrument import InstrumentNotConnected, epics_instrument
+from conftest import small_config
 from simulators.twins import SimPaxScan, SimSampleStage, SimTube
 
 
@@ -38,3 +42,9 @@ def test_detector_has_the_twins_cam_and_plugin_layout():
     assert devices.PaxScanDetector.hdf1.suffix == "det:HDF1:"
     for name in ("acquire_time", "num_exposures", "acquire", "image_mode", "array_counter"):
         assert name in cam.component_names and name in SimPaxScan.cam.cls.component_names
+
+
+def test_epics_instrument_names_the_prefix_and_pvs_when_no_ioc_answers():
+    with pytest.raises(InstrumentNotConnected, match=r"prefix 'NOBODY:'(.|\n)*NOBODY:tube:") as err:
+        epics_instrument(small_config(), prefix="NOBODY:", connect_timeout_s=0.2)
+    assert "is the IOC running?" in str(err.value)

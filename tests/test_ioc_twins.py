@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from bluesky import RunEngine
 from bluesky import plans as bp
-from event_model import DocumentNames, schema_validators
 from ophyd import EpicsMotor, EpicsSignal
 from ophyd.utils import LimitError
 
 import devices
+from conftest import small_config, validated_documents
 
 pytest_plugins = ["ioc_fixture"]  # the session fixture ``ioc``
 CONNECT_S = 10.0
@@ -31,18 +31,6 @@ def wait_for(condition, timeout_s=3.0, what="condition"):
             return
         time.sleep(0.01)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def validated_documents(engine):
-    """Collect every document, validating each against event-model's schemas."""
-    documents = []
-
-    def collect(name, doc):
-        schema_validators[DocumentNames[name]].validate(doc)
-        documents.append((name, doc))
-
-    engine.subscribe(collect)
-    return documents
 
 
 @pytest.fixture
@@ -221,7 +209,6 @@ def document_shape(documents):
 def test_darkfield_projection_over_ca_has_the_twins_document_shape(ioc, tmp_path):
     from acquisition.instrument import epics_instrument, simulated_instrument
     from acquisition.plans import darkfield_projection
-    from conftest import small_config
 
     config = small_config(*ioc.region[2:])
     assert config.setup.detector.region == ioc.region

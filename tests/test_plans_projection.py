@@ -4,23 +4,10 @@ import h5py
 import numpy as np
 import pytest
 from bluesky import RunEngine
-from event_model import DocumentNames, schema_validators
 
 from acquisition.instrument import simulated_instrument
 from acquisition.plans import PlanArgumentError, darkfield_projection
-from conftest import small_config
-
-
-def validated_documents(engine):
-    """Subscribe a collector that validates every document against event-model's schemas."""
-    documents = []
-
-    def collect(name, doc):
-        schema_validators[DocumentNames[name]].validate(doc)
-        documents.append((name, doc))
-
-    engine.subscribe(collect)
-    return documents
+from conftest import small_config, validated_documents
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from bluesky import RunEngine
 from bluesky import plans as bp
-from event_model import DocumentNames, schema_validators
 from ophyd.utils import LimitError
 
+from conftest import validated_documents
 from simulators.physics import Detector, Interferometer, Setup
 from simulators.twins import RefusedCommand, build_twins
 
@@ -27,14 +27,8 @@ def twins(tmp_path):
 
 
 def run(plan):
-    documents = []
-
-    def collect(name, doc):
-        schema_validators[DocumentNames[name]].validate(doc)
-        documents.append((name, doc))
-
     engine = RunEngine({})
-    engine.subscribe(collect)
+    documents = validated_documents(engine)
     engine(plan)
     return documents
 

@@ -16,6 +16,7 @@ from caproto import ChannelType
 from caproto.server import PVGroup, pvproperty
 
 from simulators.physics import TubeState
+from simulators.twins.generator import generator_state, refusal
 
 
 class TubeGroup(PVGroup):
@@ -78,16 +79,14 @@ class TubeGroup(PVGroup):
         await self.ma_rbv.write(value)
         return value
 
-    def _refusal(self) -> str | None:
-        if not self.interlock.value:
-            return "interlock open"
-        if self.fault.value:
-            return "generator fault"
-        return None
+    def _refusal(self, command: str, value) -> str | None:
+        return refusal(command, value, interlock=bool(self.interlock.value),
+                       fault=bool(self.fault.value), hv_on=bool(self.hv_on_rbv.value),
+                       kv_max=self.kv_max, ma_max=self.ma_max)
 
     @hv_on.putter
     async def hv_on(self, instance, value):
-        if value and self._refusal():
+        if self._refusal("hv_on", value):
             return self.hv_on_rbv.value  # refused: the command does not stick
         await self.hv_on_rbv.write(1 if value else 0)
         await self._update_state()
@@ -95,14 +94,14 @@ class TubeGroup(PVGroup):
 
     @shutter.putter
     async def shutter(self, instance, value):
-        if value and (self._refusal() or not self.hv_on_rbv.value):
+        if self._refusal("shutter", value):
             return 0  # refused: setpoint reverts, readback stays closed
         await self.shutter_rbv.write(1 if value else 0)
         return value
 
     @fault_reset.putter
     async def fault_reset(self, instance, value):
-        if value and self.interlock.value:
+        if value and not self._refusal("fault_reset", value):
             await self.fault.write(0)
             await self.arc.write(0)
             await self._update_state()
@@ -137,11 +136,7 @@ class TubeGroup(PVGroup):
         await self.shutter_rbv.write(0)
 
     async def _update_state(self) -> None:
-        if not self.interlock.value:
-            state = "interlocked"
-        elif self.fault.value:
-            state = "fault"
-        else:
-            state = "ready" if self.hv_on_rbv.value else "standby"
+        state = generator_state(interlock=bool(self.interlock.value), fault=bool(self.fault.value),
+                                hv_on=bool(self.hv_on_rbv.value))
         if self.state.value != state:
             await self.state.write(state)

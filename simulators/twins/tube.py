@@ -13,6 +13,8 @@ from ophyd import Device, Signal
 
 from simulators.physics import TubeState
 
+from .generator import generator_state, refusal
+
 
 class RefusedCommand(RuntimeError):
     """The generator refused a command (readback did not follow)."""
@@ -45,24 +47,19 @@ class SimTube(Device):
         self.kv_max, self.ma_max = kv_max, ma_max
 
     def check(self, attr: str, value) -> None:
-        """Refuse what the generator refuses (raises RefusedCommand)."""
-        if attr == "kv" and not 0 <= value <= self.kv_max:
-            raise RefusedCommand(f"{self.name}: {value} kV is outside 0..{self.kv_max} kV")
-        if attr == "ma" and not 0 <= value <= self.ma_max:
-            raise RefusedCommand(f"{self.name}: {value} mA is outside 0..{self.ma_max} mA")
-        if attr == "shutter" and value:
-            if not self.interlock.get():
-                raise RefusedCommand(f"{self.name}: shutter refused, interlock open")
-            if self.fault.get():
-                raise RefusedCommand(f"{self.name}: shutter refused, generator fault")
-            if not self.hv_on.get():
-                raise RefusedCommand(f"{self.name}: shutter refused, high voltage off")
-        if attr == "fault_reset" and value and not self.interlock.get():
-            raise RefusedCommand(f"{self.name}: fault reset refused, interlock open")
+        """Refuse what the generator refuses (raises RefusedCommand); a fault reset clears."""
+        reason = refusal(attr, value, interlock=bool(self.interlock.get()), fault=bool(self.fault.get()),
+                         hv_on=bool(self.hv_on.get()), kv_max=self.kv_max, ma_max=self.ma_max)
+        if reason:
+            raise RefusedCommand(f"{self.name}: {reason}")
         if attr == "fault_reset" and value:
             self.fault.put(0)
             self.arc.put(0)
-            self.state.put("ready" if self.hv_on.get() else "standby")
+            self._update_state()
+
+    def _update_state(self) -> None:
+        self.state.put(generator_state(interlock=bool(self.interlock.get()),
+                                       fault=bool(self.fault.get()), hv_on=bool(self.hv_on.get())))
 
     def tube_state(self) -> TubeState:
         """The operating point the physics engine needs."""
@@ -78,15 +75,15 @@ class SimTube(Device):
         """Open the interlock chain: the shutter closes at once (tests)."""
         self.interlock.put(0)
         self.shutter.put(0, force=True)
-        self.state.put("interlocked")
+        self._update_state()
 
     def clear_interlock(self) -> None:
         self.interlock.put(1)
-        self.state.put("ready" if not self.fault.get() else "fault")
+        self._update_state()
 
     def trip_arc(self) -> None:
         """An arc in the tube: fault, shutter closed until a fault reset (tests)."""
         self.arc.put(1)
         self.fault.put(1)
         self.shutter.put(0, force=True)
-        self.state.put("fault")
+        self._update_state()
