@@ -18,9 +18,15 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--config", help="instrument YAML (default: the embedded configs/instrument.yaml)")
     demo.add_argument("--simulation", help="simulation YAML (default: the embedded configs/simulation.yaml)")
     session = commands.add_parser("session", help="IPython with the RunEngine, devices, plans and processing")
-    session.add_argument("--sim", action="store_true", help="the simulated twins (the default for now)")
-    session.add_argument("--out", default="talbot-lau-data", help="frames, records, derived images")
-    session.add_argument("--config", help="instrument YAML")
+    which = session.add_mutually_exclusive_group()
+    which.add_argument("--sim", action="store_true", help="the in-process simulated twins")
+    which.add_argument("--ioc", metavar="PREFIX",
+                       help="the EPICS instrument at this PV prefix (a lab's IOCs or `talbot-lau ioc`)")
+    session.add_argument("--out", default="talbot-lau-data", help="records and derived images")
+    session.add_argument("--config", help="instrument YAML; without --sim or --ioc, the EPICS "
+                         "instrument at its epics.prefix")
+    session.add_argument("--write-path", help="where the detector writes frames, as its IOC sees it "
+                         "(default: OUT/raw with --sim, else the config's epics.write_path)")
     session.add_argument("--simulation", help="simulation YAML")
     session.add_argument("--monitor", action="store_true", help="open the live pyqtgraph monitor")
     session.add_argument("--publish", metavar="HOST:PORT",
@@ -45,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     processor.add_argument("--zmq", default="127.0.0.1:5578", help="the proxy's output (default %(default)s)")
     processor.add_argument("--out", default="talbot-lau-derived", help="derived images and records")
     rebuild = commands.add_parser("reconstruct", help="retrieve and classify stored runs offline")
-    rebuild.add_argument("runs", nargs="+", metavar="RUN.h5", help="run records (run_<uid>.h5)")
+    rebuild.add_argument("runs", nargs="+", metavar="RUN.nxs", help="run records (run_<uid8>.nxs)")
     rebuild.add_argument("--out", default="reconstructed", help="output directory (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.command == "reconstruct":
@@ -64,13 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"talbot-lau: {err}", file=sys.stderr)
         return 2
     if args.command == "session":
-        from .instrument import simulated_instrument
-        from .session import start_session
-
-        out = Path(args.out)
-        return start_session(simulated_instrument(config, write_path=out / "raw"), out,
-                             kind="simulated", command=args.lines, with_monitor=args.monitor,
-                             publish=args.publish)
+        return _session(args, config)
     if args.command == "ioc":
         return _serve_ioc(args, config)
     if args.command == "demo":
@@ -79,6 +79,26 @@ def main(argv: list[str] | None = None) -> int:
         rows = run_demo(args.out, config)
         return 0 if rows else 1
     return 2
+
+
+def _session(args, config) -> int:
+    """``talbot-lau session``: IPython on the simulated or the EPICS instrument."""
+    from .instrument import InstrumentNotConnected, epics_instrument, simulated_instrument
+    from .session import start_session
+
+    out = Path(args.out)
+    if args.sim:
+        instrument = simulated_instrument(config, write_path=args.write_path or out / "raw")
+        kind = "simulated"
+    else:
+        try:
+            instrument = epics_instrument(config, prefix=args.ioc, write_path=args.write_path)
+        except (InstrumentNotConnected, ValueError) as err:
+            print(f"talbot-lau: {err}", file=sys.stderr)
+            return 2
+        kind = f"EPICS ({args.ioc or config.instrument.epics.prefix})"
+    return start_session(instrument, out, kind=kind, command=args.lines,
+                         with_monitor=args.monitor, publish=args.publish)
 
 
 def _region(text: str) -> tuple[int, int, int, int]:

@@ -2,8 +2,9 @@
 
 A phantom with calcification clusters of the four classes is measured by a dark-field
 projection on the in-process twins, processed on the fly, and every measured cluster is
-compared with the twin's truth.  Raw frames go to ``OUT/raw``, derived images to ``OUT``,
-and the comparison to ``OUT/report.json``.
+compared with the twin's truth.  Raw frames go to ``OUT/raw``; the NeXus run record
+(``run_<uid8>.nxs``), the derived images (``derived_<uid8>.h5``) and the comparison
+(``report.json``) to ``OUT``.
 """
 
 from __future__ import annotations

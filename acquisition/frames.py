@@ -2,8 +2,8 @@
 
 ``AD_HDF5`` is areaDetector's HDF5 plugin layout (``/entry/data/data``, frames along the
 first axis), written by the PaxScan IOC and by its twin alike; ``TL_DERIVED_HDF5`` is the
-processor's derived-image file (``/entry/derived/<name>``).  Both open files in SWMR mode so
-frames can be read while the writer still appends.  A broken or missing file raises
+processor's derived NeXus file (NXdata ``/entry/<name>``, signal ``data``).  Both open files
+in SWMR mode so frames can be read while the writer still appends.  A broken or missing file raises
 :class:`FrameReadError` naming the file.
 """
 
@@ -71,7 +71,7 @@ class HDF5FrameHandler:
 
 
 class DerivedImageHandler:
-    """Handler for spec ``TL_DERIVED_HDF5``: ``handler(name)`` is ``/entry/derived/<name>``."""
+    """Handler for spec ``TL_DERIVED_HDF5``: ``handler(name)`` is ``/entry/<name>/data``."""
 
     specs = {"TL_DERIVED_HDF5"}
 
@@ -81,7 +81,7 @@ class DerivedImageHandler:
 
     def __call__(self, name: str) -> np.ndarray:
         try:
-            return self._file[f"entry/derived/{name}"][()]
+            return self._file[f"entry/{name}/data"][()]
         except KeyError:
             raise FrameReadError(f"{self._filename}: no derived image {name!r}") from None
 

@@ -4,8 +4,9 @@
 through our one loader (``acquisition.frames.HANDLERS``) and gives every phase-stepping run
 a :class:`ProjectionProcessor`.  When a projection's dark, reference and sample sets are
 complete it retrieves T, V and dphi, segments and classifies the calcification clusters
-(paper Table 1), writes the derived images to HDF5 and publishes a derived run of its own
-(``event_model.compose_run``, linked by ``parent_uid``) to ``publish(name, doc)``.
+(paper Table 1), writes the derived images to NeXus (``acquisition.derived_store``, linked
+to the run record ``run_<uid8>.nxs`` expected in the same directory) and publishes a derived
+run of its own (``event_model.compose_run``, linked by ``parent_uid``) to ``publish(name, doc)``.
 The work runs in a worker thread (the RunEngine never waits for it). A processor that
 fails reports the error in its derived run's stop document; it never raises into the
 RunEngine.
@@ -23,9 +24,10 @@ from pathlib import Path
 import event_model
 import numpy as np
 
-from .derived_store import IMAGES, write_derived
+from .derived_store import IMAGES, derived_name, write_derived
 from .frames import HANDLERS, image_key
 from .projection import ProjectionFrames, SetAssembler, analyse_projection
+from .run_record import record_name
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +136,9 @@ class ProjectionProcessor(event_model.DocumentRouter):
 
     def _process(self, run, tile: int, frames: ProjectionFrames) -> None:
         analysis = analyse_projection(frames, self.period_um)
-        suffix = f"_tile{tile:02d}" if self.mosaic else ""
-        path = write_derived(self.out_dir / f"derived_{self.parent_uid[:8]}{suffix}.h5",
-                             analysis.retrieval, analysis.labels, analysis.clusters, self.parent_uid)
+        path = write_derived(self.out_dir / derived_name(self.parent_uid, tile if self.mosaic else None),
+                             analysis.retrieval, analysis.labels, analysis.clusters, self.parent_uid,
+                             run_record=self.out_dir / record_name(self.parent_uid))
         self._publish_images(run, path, analysis.labels.shape)
         self._publish_clusters(run, analysis.clusters)
 

@@ -1,10 +1,10 @@
-"""``talbot-lau reconstruct RUN.h5 ...``: offline retrieval and classification of stored runs.
+"""``talbot-lau reconstruct RUN.nxs ...``: offline retrieval and classification of stored runs.
 
 Each run record (``acquisition.run_record``) names its raw frames; they are read through
 the one frame loader, sorted into sets and analysed by the same code as the live processor
 (``acquisition.projection``); a mosaic's tiles are retrieved one by one, stitched
 (``reconstruction.stitch``) and classified as one image.  Results go to
-``derived_<uid>.h5`` and ``report_<uid>.json`` (one row per cluster).
+``derived_<uid8>.h5`` (linked to the run record) and ``report_<uid8>.json`` (one row per cluster).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .derived_store import write_derived
+from .derived_store import derived_name, write_derived
 from .frames import HDF5FrameHandler
 from reconstruction import Tile, stitch
 
@@ -59,8 +59,8 @@ def reconstruct_run(path: str | Path, out_dir: str | Path) -> list[dict]:
         analysis = analyse_projection(sets[-1][1], period)
     uid = record.start["uid"]
     out = Path(out_dir)
-    write_derived(out / f"derived_{uid[:8]}.h5", analysis.retrieval, analysis.labels,
-                  analysis.clusters, uid)
+    write_derived(out / derived_name(uid), analysis.retrieval, analysis.labels,
+                  analysis.clusters, uid, run_record=path)
     rows = [{"label": c.label, "centroid_px": [round(v, 2) for v in c.centroid_px],
              "pixels": c.n_pixels, "ratio": round(c.ratio, 4), "variance": round(c.variance, 5),
              "texture": c.texture, "borderline": c.borderline, "suspicious": c.suspicious}

@@ -276,3 +276,24 @@ def test_stock_ophyd_area_detector_classes_acquire_into_files(ioc, tube):
     frames = [handler(**datum["datum_kwargs"]) for datum in datums]
     assert [frame.shape for frame in frames] == [ioc.region[2:]] * 2
     assert min(frame.mean() for frame in frames) > 100  # exposed frames, not zeros
+
+
+def test_session_runs_a_plan_on_the_ioc_twins(ioc, tmp_path):
+    """``talbot-lau session --ioc P``: the operator's IPython over Channel Access."""
+    import os
+    import subprocess
+    import sys
+
+    lines = "\n".join([
+        "%mov g2 1.2",
+        "RE(darkfield_projection(instrument, steps=3, dark_frames=1, exposure_s=1.0, sample='ca-s'))",
+        "print('SHUTTER', tube.shutter.get(), 'G2', round(g2.position, 3), type(g2).__name__)",
+    ])
+    env = dict(os.environ, TALBOT_LAU_STATE=str(tmp_path / "state"))
+    command = [sys.executable, "-m", "acquisition.cli", "session", "--ioc", ioc.prefix,
+               "--out", str(tmp_path / "data"), "--write-path", str(ioc.write_path), "-c", lines]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"talbot-lau session: EPICS ({ioc.prefix}) instrument" in done.stdout
+    assert "SHUTTER 0 G2" in done.stdout and "PiezoStepper" in done.stdout
+    assert list((tmp_path / "data").glob("run_*"))  # the run record, as with the twins

@@ -31,7 +31,7 @@ def test_monitor_shows_frames_images_and_clusters(qtbot, tmp_path):
     assert window.progress.value() == window.progress.maximum() == 11
     (derived,) = tmp_path.glob("derived_*.h5")
     with h5py.File(derived, "r") as f:
-        eps = np.nan_to_num(f["entry/derived/scattering"][()])
+        eps = np.nan_to_num(f["entry/scattering/data"][()])
     np.testing.assert_allclose(window.images["scattering"].image, eps, rtol=1e-6)
     assert set(window.scatters) == {"coarse", "ultra-fine"}
     assert all(len(s.data) > 10 for s in window.scatters.values())

@@ -44,8 +44,8 @@ def test_processor_classifies_a_cluster_and_publishes_valid_documents(tmp_path):
     (path,) = tmp_path.glob("derived_*.h5")
     with h5py.File(path, "r") as f:
         assert f.attrs["parent_uid"] == raw_uid
-        assert f["entry/derived/dark_field"].shape == (96, 96)
-        assert list(f["entry/clusters"]["texture"].astype(str)) == ["coarse"]
+        assert f["entry/dark_field/data"].shape == (96, 96)
+        assert list(f["entry/clusters/texture"].asstr()[()]) == ["coarse"]
 
 
 def test_processor_failure_is_reported_not_raised(tmp_path, monkeypatch):

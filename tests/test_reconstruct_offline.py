@@ -28,7 +28,7 @@ def recorded_run(tmp_path):
     engine.subscribe(processor)
     (uid,) = engine(darkfield_projection(instrument, dark_frames=2))
     processor.wait()
-    return tmp_path / f"run_{uid[:8]}.h5", collector.clusters
+    return tmp_path / f"run_{uid[:8]}.nxs", collector.clusters
 
 
 def test_offline_equals_live(recorded_run, tmp_path):
@@ -57,7 +57,7 @@ def test_cli_names_broken_inputs_and_keeps_going(recorded_run, tmp_path, capsys)
     with pytest.raises(OSError, match=raw.name):
         reconstruct_run(path, tmp_path / "again")
     with pytest.raises(RunRecordError, match="no such file"):
-        read_run_record(tmp_path / "missing.h5")
+        read_run_record(tmp_path / "missing.nxs")
 
 
 def test_a_recorded_mosaic_is_stitched_and_classified(tmp_path):
@@ -72,8 +72,8 @@ def test_a_recorded_mosaic_is_stitched_and_classified(tmp_path):
     engine.subscribe(run_recorder(tmp_path))
     (uid,) = engine(darkfield_mosaic(instrument, rows=1, columns=2, overlap=0.25, steps=3,
                                      dark_frames=1, exposure_s=1.0))
-    rows = reconstruct_run(tmp_path / f"run_{uid[:8]}.h5", tmp_path / "offline")
+    rows = reconstruct_run(tmp_path / f"run_{uid[:8]}.nxs", tmp_path / "offline")
     with h5py.File(tmp_path / "offline" / f"derived_{uid[:8]}.h5", "r") as f:
-        shape = f["entry/derived/transmission"].shape
+        shape = f["entry/transmission/data"].shape
     assert shape[0] == 64 and 64 < shape[1] <= 2 * 64  # two tiles side by side, overlapping
     assert [r["texture"] for r in rows] == ["coarse"]  # the cluster, once, across the seam

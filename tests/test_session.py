@@ -22,7 +22,7 @@ def test_session_runs_a_plan_through_ipython_and_the_magics(tmp_path):
     assert "talbot-lau session: simulated instrument" in out  # the help screen
     assert "g2                             1.6" in out  # %wa after %mov
     assert "SHUTTER 0 RUNS 1" in out
-    assert list((tmp_path / "data").glob("run_*.h5")) and list((tmp_path / "data" / "raw").glob("*.h5"))
+    assert list((tmp_path / "data").glob("run_*.nxs")) and list((tmp_path / "data" / "raw").glob("*.h5"))
     # metadata persists into the next session
     again = subprocess.run(command[:-1] + ["print('OPERATOR', RE.md['operator'])"], env=env,
                            capture_output=True, text=True, timeout=120)

@@ -1,0 +1,98 @@
+"""Small helpers to write NeXus files (https://manual.nexusformat.org) with h5py.
+
+Groups carry an ``NX_class`` attribute, numbers a ``units`` attribute.  Our metadata names
+end in their unit (``g0_g1_mm``, ``exposure_s``): :func:`split_units` turns such a name into
+a NeXus field name and its units, so a dict from a start document is written as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+from importlib import metadata
+
+import h5py
+import numpy as np
+
+UNIT_SUFFIXES = {"mm": ("mm", 1.0), "um": ("um", 1.0), "kev": ("keV", 1.0), "kv": ("kV", 1.0),
+                 "ma": ("mA", 1.0), "s": ("s", 1.0), "mgy": ("mGy", 1.0), "deg": ("deg", 1.0),
+                 "rad": ("rad", 1.0), "pi": ("rad", math.pi)}
+"""Name suffix -> (units, factor): ``g1_phase_shift_pi = 0.5`` is written as 1.5708 rad."""
+
+
+def software_version() -> str:
+    """The installed version of talbot-lau ("unknown" when run from a bare checkout)."""
+    try:
+        return metadata.version("talbot-lau")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def iso8601(epoch_s: float) -> str:
+    """A POSIX time (s) as an ISO 8601 date-time with the local UTC offset."""
+    return datetime.fromtimestamp(epoch_s, timezone.utc).astimezone().isoformat()
+
+
+def split_units(name: str) -> tuple[str, str | None, float]:
+    """``"g0_g1_mm"`` -> ``("g0_g1", "mm", 1.0)``; a name without a unit suffix keeps its name."""
+    stem, _, suffix = name.rpartition("_")
+    if stem and suffix in UNIT_SUFFIXES:
+        return (stem, *UNIT_SUFFIXES[suffix])
+    return name, None, 1.0
+
+
+def nx_group(parent: h5py.Group, name: str, nx_class: str, **attrs) -> h5py.Group:
+    """A new group of NeXus class ``nx_class`` (extra attributes as given)."""
+    group = parent.create_group(name)
+    group.attrs.update(NX_class=nx_class, **attrs)
+    return group
+
+
+def nx_field(group: h5py.Group, name: str, value, units: str | None = None, dtype=None,
+             **attrs) -> h5py.Dataset:
+    """A field (a str is stored as a UTF-8 string), with ``units`` when given."""
+    field = group.create_dataset(name, data=value, dtype=dtype)
+    if units:
+        field.attrs["units"] = units
+    field.attrs.update(attrs)
+    return field
+
+
+def nx_quantities(group: h5py.Group, values: dict, rename: dict | None = None) -> None:
+    """Write every number, list of numbers or string of ``values`` as a field named by
+    :func:`split_units` (then ``rename``), with its units; ``None`` and dicts are skipped,
+    anything else HDF5 cannot hold (a list of strings, ...) is written as JSON text."""
+    for key, value in values.items():
+        if value is None or isinstance(value, dict):
+            continue
+        name, units, factor = split_units(key)
+        if not isinstance(value, str) and factor != 1.0:
+            value = np.asarray(value, float) * factor
+        name = (rename or {}).get(name, name)
+        try:
+            nx_field(group, name, value, units)
+        except (TypeError, ValueError):
+            nx_field(group, name, json.dumps(value, default=str))
+
+
+def nx_root(f: h5py.File, version: str) -> h5py.Group:
+    """Mark ``f`` as an NXroot whose default is a new NXentry ``entry``; returns the entry
+    (with ``program_name`` talbot-lau at ``version``)."""
+    f.attrs.update(NX_class="NXroot", default="entry", file_name=str(f.filename),
+                   file_time=iso8601(datetime.now().timestamp()), creator=f"talbot-lau {version}",
+                   HDF5_Version=h5py.version.hdf5_version, h5py_version=h5py.version.version)
+    entry = nx_group(f, "entry", "NXentry")
+    nx_field(entry, "program_name", "talbot-lau", version=version)
+    return entry
+
+
+def nx_image(entry: h5py.Group, name: str, image: np.ndarray, units: str | None = None,
+             long_name: str | None = None) -> h5py.Group:
+    """An NXdata ``name`` whose signal ``data`` is the 2-D ``image`` (no axis coordinates)."""
+    data = nx_group(entry, name, "NXdata", signal="data", axes=[".", "."])
+    field = data.create_dataset("data", data=image, compression="gzip", compression_opts=1)
+    if units:
+        field.attrs["units"] = units
+    field.attrs["long_name"] = long_name or name
+    return data
