@@ -1,7 +1,8 @@
 """The live monitor (pyqtgraph): what the instrument measures, while it measures.
 
 Panels: the latest raw frame; transmission (mu), dark-field (eps) and differential phase
-of the latest processed set; the mu-eps scatter of every cluster's pixels coloured by its
+of the latest processed set; the mosaic's dark-field (eps) growing tile by tile at the
+stage positions, replaced by the stitched mosaic when it is complete; the mu-eps scatter of every cluster's pixels coloured by its
 class, over Table 1's bands and the 0.33 cut-off (Scherer et al. 2016, Table 1 and
 Fig. 5); the stepping curve of a clicked pixel; tube kV/mA/shutter/interlock, dose and
 progress.  Documents may come from any thread (the RunEngine's, a 0MQ consumer's): they
@@ -15,6 +16,8 @@ import h5py
 import numpy as np
 import pyqtgraph as pg
 from pyqtgraph.Qt import QtCore, QtWidgets
+
+from reconstruction.stitching import place_tiles
 
 from .frames import HANDLERS
 
@@ -51,14 +54,21 @@ class MonitorWindow(QtWidgets.QWidget):
             plot.addItem(item)
             self.images[key] = item
         self.images["raw"].mouseClickEvent = self._pixel_clicked
-        self.scatter_plot = self.views.addPlot(row=1, col=0, colspan=2, title="clusters: mu against eps")
+        self.scatter_plot = self.views.addPlot(row=1, col=0, title="clusters: mu against eps")
         self.scatter_plot.setLabel("bottom", "eps (scattering power)")
         self.scatter_plot.setLabel("left", "mu (absorption power)")
         self.scatter_plot.addLegend(offset=(10, 10))
         self._draw_bands()
-        self.curve_plot = self.views.addPlot(row=1, col=2, colspan=2, title="stepping curve (click a pixel)")
+        self.curve_plot = self.views.addPlot(row=1, col=1, title="stepping curve (click a pixel)")
         self.curve_plot.setLabel("bottom", "G2 position (um)")
         self.curve = self.curve_plot.plot([], [], pen=None, symbol="o")
+        self.mosaic_plot = self.views.addPlot(row=1, col=2, colspan=2, title="mosaic eps: waiting for tiles")
+        self.mosaic_plot.setAspectLocked(True)
+        self.mosaic_plot.invertY(True)
+        self.images["mosaic"] = pg.ImageItem()
+        self.mosaic_plot.addItem(self.images["mosaic"])
+        self.mosaic_tiles: dict[int, tuple[tuple[float, float], np.ndarray]] = {}  # tile -> stage mm, eps
+        self._mosaic_parent = None
         self.status = QtWidgets.QLabel("waiting for a run")
         grid.addWidget(self.status, 1, 0)
         self.progress = QtWidgets.QProgressBar()
@@ -141,6 +151,7 @@ class MonitorWindow(QtWidgets.QWidget):
 
     # -- derived runs ----------------------------------------------------------------------
     def _derived_factory(self, name, start):
+        self._derived_start = start
         return [_Callback(event=self._derived_event, resource=self._derived_resource)], []
 
     def _derived_resource(self, doc):
@@ -153,9 +164,43 @@ class MonitorWindow(QtWidgets.QWidget):
                 if key in data:
                     image = np.nan_to_num(np.asarray(data[key], np.float32))
                     self.images[key].setImage(image, levels=tuple(np.percentile(image, (0.5, 99.8))))
+            self._show_mosaic(self._derived_start, data)
         elif stream == "clusters":
             self.cluster_rows.append(data)
             self._add_cluster(data)
+
+    def _show_mosaic(self, start: dict, images: dict) -> None:
+        """A tile's eps pasted at its stage position; the stitched mosaic when it comes."""
+        if "scattering" not in images:
+            return
+        eps = np.nan_to_num(np.asarray(images["scattering"], np.float32))
+        if start.get("plan_name") == "darkfield_mosaic_stitch":
+            canvas = eps
+            title = f"mosaic eps: {len(start.get('tiles', []))} tiles stitched"
+        elif "tile" in start:
+            if start["parent_uid"] != self._mosaic_parent:  # a new mosaic
+                self._mosaic_parent = start["parent_uid"]
+                self.mosaic_tiles.clear()
+            tile = start["tile"]
+            self.mosaic_tiles[tile["tile"]] = ((tile["x_mm"], tile["y_mm"]), eps)
+            canvas = self._paste_tiles(start["detector_pixel"]["sample_pixel_mm"])
+            title = f"mosaic eps: {len(self.mosaic_tiles)} tiles measured"
+        else:
+            return
+        finite = canvas[np.isfinite(canvas)]
+        levels = tuple(np.percentile(finite, (0.5, 99.8))) if finite.size else (0.0, 1.0)
+        self.images["mosaic"].setImage(canvas, levels=levels)
+        self.mosaic_plot.setTitle(title)
+
+    def _paste_tiles(self, pixel_mm: float) -> np.ndarray:
+        """The tiles so far on one canvas (NaN where none was measured), placed by stage."""
+        stages, images = zip(*self.mosaic_tiles.values())
+        offsets = np.rint(place_tiles(stages, pixel_mm)).astype(int)
+        rows, cols = images[0].shape
+        canvas = np.full((offsets[:, 0].max() + rows, offsets[:, 1].max() + cols), np.nan, np.float32)
+        for (r, c), image in zip(offsets, images):
+            canvas[r:r + rows, c:c + cols] = image
+        return canvas
 
     def _add_cluster(self, row: dict) -> None:
         with h5py.File(self._derived_file, "r") as f:

@@ -26,7 +26,7 @@ import numpy as np
 
 from .derived_store import IMAGES, derived_name, write_derived
 from .frames import HANDLERS, image_key
-from .projection import ProjectionFrames, SetAssembler, analyse_projection
+from .projection import ProjectionFrames, SetAssembler, analyse_mosaic, analyse_projection
 from .run_record import record_name
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ class ProjectionProcessor(event_model.DocumentRouter):
         self.g2_key = doc.get("motors", ["g2"])[0]
         self.mosaic = doc.get("mosaic")
         self.sets = SetAssembler(stepping["positions_um"], stepping["dark_frames"], self.streams)
+        self.retrievals: dict[int, object] = {}  # mosaic tile -> Retrieval, for the stitch
 
     def descriptor(self, doc):
         self.stream_of[doc["uid"]] = doc["name"]
@@ -110,37 +111,58 @@ class ProjectionProcessor(event_model.DocumentRouter):
 
     def stop(self, doc):
         self._submit(self.sets.complete())
+        if self.mosaic:  # the worker runs jobs in order: after the last tile's
+            self.submit(self._stitch_and_publish)
 
     def _submit(self, ready) -> None:
         for tile, frames in ready:
-            self.submit(functools.partial(self._run_and_publish, tile, frames))
+            self.submit(functools.partial(self._tile_and_publish, tile, frames))
 
-    def _run_and_publish(self, tile: int, frames: ProjectionFrames) -> None:
-        metadata = {
-            "parent_uid": self.parent_uid,
-            "plan_name": "darkfield_retrieval",
-            "sample": self.start_doc.get("sample", {}),
-            "detector_pixel": self.start_doc.get("detector_pixel", {}),
-        }
+    def _metadata(self, plan_name: str) -> dict:
+        return {"parent_uid": self.parent_uid, "plan_name": plan_name,
+                "sample": self.start_doc.get("sample", {}),
+                "detector_pixel": self.start_doc.get("detector_pixel", {})}
+
+    def _tile_and_publish(self, tile: int, frames: ProjectionFrames) -> None:
+        metadata = self._metadata("darkfield_retrieval")
         if self.mosaic:
             metadata["tile"] = next(t for t in self.mosaic["tiles"] if t["tile"] == tile)
+
+        def analyse():
+            analysis = analyse_projection(frames, self.period_um)
+            if self.mosaic:
+                self.retrievals[tile] = analysis.retrieval
+            return analysis, derived_name(self.parent_uid, tile if self.mosaic else None)
+
+        self._derived_run(metadata, analyse)
+
+    def _stitch_and_publish(self) -> None:
+        """The whole mosaic: stitched from the tiles retrieved so far, then classified."""
+        if not self.retrievals:
+            return
+        metadata = self._metadata("darkfield_mosaic_stitch")
+        metadata["tiles"] = sorted(self.retrievals)
+        self._derived_run(metadata, lambda: (
+            analyse_mosaic(self.retrievals, self.mosaic,
+                           self.start_doc["detector_pixel"]["sample_pixel_mm"]),
+            derived_name(self.parent_uid)))
+
+    def _derived_run(self, metadata: dict, analyse) -> None:
+        """Publish one derived run around ``analyse() -> (analysis, file name)``."""
         run = event_model.compose_run(metadata=metadata)
         self.publish("start", run.start_doc)
         try:
-            self._process(run, tile, frames)
+            analysis, name = analyse()
+            path = write_derived(self.out_dir / name, analysis.retrieval, analysis.labels,
+                                 analysis.clusters, self.parent_uid,
+                                 run_record=self.out_dir / record_name(self.parent_uid))
+            self._publish_images(run, path, analysis.labels.shape)
+            self._publish_clusters(run, analysis.clusters)
         except Exception as err:  # a failed processor reports, it never stops a scan
             log.exception("dark-field processing of run %s failed", self.parent_uid)
             self.publish("stop", run.compose_stop(exit_status="fail", reason=repr(err)))
         else:
             self.publish("stop", run.compose_stop())
-
-    def _process(self, run, tile: int, frames: ProjectionFrames) -> None:
-        analysis = analyse_projection(frames, self.period_um)
-        path = write_derived(self.out_dir / derived_name(self.parent_uid, tile if self.mosaic else None),
-                             analysis.retrieval, analysis.labels, analysis.clusters, self.parent_uid,
-                             run_record=self.out_dir / record_name(self.parent_uid))
-        self._publish_images(run, path, analysis.labels.shape)
-        self._publish_clusters(run, analysis.clusters)
 
     def _publish_images(self, run, path: Path, shape) -> None:
         resource = run.compose_resource(spec="TL_DERIVED_HDF5", root="/",

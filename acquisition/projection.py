@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from reconstruction import ClusterAnalysis, Retrieval, analyse_clusters, retrieve, segment_clusters
+from reconstruction import (ClusterAnalysis, Retrieval, Tile, analyse_clusters, retrieve, segment_clusters,
+                            stitch)
 
 
 @dataclass
@@ -98,3 +99,12 @@ def classify_image(result) -> ProjectionResult:
 def analyse_projection(frames: ProjectionFrames, period_um: float) -> ProjectionResult:
     """Retrieve T, V, dphi with the measured G2 positions, then segment and classify."""
     return classify_image(retrieve_projection(frames, period_um))
+
+
+def analyse_mosaic(retrievals: dict[int, Retrieval], mosaic: dict, sample_pixel_mm: float) -> ProjectionResult:
+    """Stitch retrieved tiles (tile index -> retrieval) at the stage positions of the start
+    document's ``mosaic["tiles"]`` (x_mm, y_mm), then segment and classify the mosaic."""
+    stage = {t["tile"]: (t["x_mm"], t["y_mm"]) for t in mosaic["tiles"]}
+    tiles = [Tile(r.transmission, r.dark_field, r.differential_phase, stage[k])
+             for k, r in sorted(retrievals.items())]
+    return classify_image(stitch(tiles, sample_pixel_mm))

@@ -16,9 +16,7 @@ import numpy as np
 
 from .derived_store import derived_name, write_derived
 from .frames import HDF5FrameHandler
-from reconstruction import Tile, stitch
-
-from .projection import ProjectionFrames, SetAssembler, analyse_projection, classify_image, retrieve_projection
+from .projection import ProjectionFrames, SetAssembler, analyse_mosaic, analyse_projection, retrieve_projection
 from .run_record import read_run_record
 
 
@@ -49,12 +47,8 @@ def reconstruct_run(path: str | Path, out_dir: str | Path) -> list[dict]:
     sets = load_sets(record)
     mosaic = record.start.get("mosaic")
     if mosaic:
-        stage = {t["tile"]: (t["x_mm"], t["y_mm"]) for t in mosaic["tiles"]}
-        tiles = []
-        for tile, frames in sets:
-            result = retrieve_projection(frames, period)
-            tiles.append(Tile(result.transmission, result.dark_field, result.differential_phase, stage[tile]))
-        analysis = classify_image(stitch(tiles, record.start["detector_pixel"]["sample_pixel_mm"]))
+        retrievals = {tile: retrieve_projection(frames, period) for tile, frames in sets}
+        analysis = analyse_mosaic(retrievals, mosaic, record.start["detector_pixel"]["sample_pixel_mm"])
     else:
         analysis = analyse_projection(sets[-1][1], period)
     uid = record.start["uid"]

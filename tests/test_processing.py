@@ -108,7 +108,7 @@ def test_the_runengine_does_not_wait_for_the_processor(tmp_path, monkeypatch):
     assert [s["exit_status"] for s in collector.stops] == ["success"]
 
 
-def test_each_mosaic_tile_is_processed_with_the_latest_reference(tmp_path):
+def test_each_mosaic_tile_is_processed_then_the_mosaic_is_stitched_and_classified(tmp_path):
     from acquisition.plans import darkfield_mosaic
 
     phantom = Phantom(slab=TissueSlab(), clusters=(cluster_preset("coarse", (0.0, 0.0), seed=3),))
@@ -128,6 +128,12 @@ def test_each_mosaic_tile_is_processed_with_the_latest_reference(tmp_path):
     engine(darkfield_mosaic(instrument, rows=1, columns=2, overlap=0.0, steps=3, dark_frames=1,
                             exposure_s=1.0, reference_every=1))
     processor.wait()
-    assert [s["tile"]["tile"] for s in starts] == [0, 1]
-    assert [s["exit_status"] for s in collector.stops] == ["success", "success"]
+    assert [s["tile"]["tile"] for s in starts[:2]] == [0, 1]
+    assert starts[2]["plan_name"] == "darkfield_mosaic_stitch" and starts[2]["tiles"] == [0, 1]
+    assert [s["exit_status"] for s in collector.stops] == ["success"] * 3
     assert sorted(p.name[-9:] for p in tmp_path.glob("derived_*_tile*.h5")) == ["tile00.h5", "tile01.h5"]
+    (stitched,) = tmp_path.glob(f"derived_{starts[2]['parent_uid'][:8]}.h5")
+    with h5py.File(stitched, "r") as f:
+        assert f["entry/dark_field/data"].shape == (64, 128)  # two 64 x 64 tiles, no overlap
+    # the cluster seen in the stitched mosaic is classified once more, as coarse
+    assert [c["texture"] for c in collector.clusters][-1] == "coarse"
