@@ -46,9 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     proxy.add_argument("--out-port", type=int, default=5578)
     monitor = commands.add_parser("monitor", help="the live monitor, fed from the 0MQ proxy")
     monitor.add_argument("--zmq", default="127.0.0.1:5578", help="the proxy's output (default %(default)s)")
+    monitor.add_argument("--process", action="store_true",
+                         help="run a processor in the monitor (when no `talbot-lau processor` publishes)")
     monitor.add_argument("--out", default="talbot-lau-derived", help="where its processor writes")
     processor = commands.add_parser("processor", help="the on-the-fly processor, fed from the 0MQ proxy")
     processor.add_argument("--zmq", default="127.0.0.1:5578", help="the proxy's output (default %(default)s)")
+    processor.add_argument("--publish", metavar="HOST:PORT",
+                           help="send the derived runs to the proxy's input (e.g. 127.0.0.1:5577)")
     processor.add_argument("--out", default="talbot-lau-derived", help="derived images and records")
     rebuild = commands.add_parser("reconstruct", help="retrieve and classify stored runs offline")
     rebuild.add_argument("runs", nargs="+", metavar="RUN.nxs", help="run records (run_<uid8>.nxs)")
@@ -139,16 +143,21 @@ def _serve_ioc(args, config) -> int:
 def _remote(args) -> int:
     """The monitor or the processor in a process of its own, fed over 0MQ."""
     from .processing import darkfield_router
-    from .remote import parse_address, start_dispatcher
+    from .remote import by_origin, parse_address, start_dispatcher
     from .run_record import run_recorder
 
     address = parse_address(args.zmq)
     if args.command == "processor":
         from .demo import DerivedCollector
 
-        collector = DerivedCollector()
-        start_dispatcher(address, [run_recorder(args.out), darkfield_router(args.out, publish=collector)])
-        print(f"processing documents from {address[0]}:{address[1]} into {args.out}; Ctrl-C ends")
+        publish = DerivedCollector()
+        if args.publish:
+            from bluesky.callbacks.zmq import Publisher
+
+            publish = Publisher(parse_address(args.publish))  # used by the worker thread only
+        start_dispatcher(address, [run_recorder(args.out), darkfield_router(args.out, publish=publish)])
+        print(f"processing documents from {address[0]}:{address[1]} into {args.out}"
+              f"{'; derived runs to ' + args.publish if args.publish else ''}; Ctrl-C ends", flush=True)
         try:
             threading.Event().wait()
         except KeyboardInterrupt:
@@ -160,8 +169,10 @@ def _remote(args) -> int:
     app = pg.mkQApp("talbot-lau monitor")
     window = MonitorWindow()
     window.show()
-    start_dispatcher(address, [window.raw_callback,
-                               darkfield_router(args.out, publish=window.derived_callback)])
+    callbacks = [by_origin(window.raw_callback, window.derived_callback)]
+    if args.process:
+        callbacks.append(darkfield_router(args.out, publish=window.derived_callback))
+    start_dispatcher(address, callbacks)
     return app.exec()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import event_model
 import numpy as np
 from bluesky import RunEngine
 from scipy import ndimage
@@ -24,21 +25,25 @@ from .progress import PlanProgress
 from .run_record import run_recorder
 
 
-class DerivedCollector:
+class DerivedCollector(event_model.DocumentRouter):
     """Keeps the cluster rows of the derived runs published by the processor."""
 
     def __init__(self):
+        super().__init__()
         self.clusters: list[dict] = []
         self.stops: list[dict] = []
         self._cluster_descriptors: set[str] = set()
 
-    def __call__(self, name: str, doc: dict) -> None:
-        if name == "descriptor" and doc["name"] == "clusters":
+    def descriptor(self, doc):
+        if doc["name"] == "clusters":
             self._cluster_descriptors.add(doc["uid"])
-        elif name == "event" and doc["descriptor"] in self._cluster_descriptors:
+
+    def event(self, doc):
+        if doc["descriptor"] in self._cluster_descriptors:
             self.clusters.append(dict(doc["data"]))
-        elif name == "stop":
-            self.stops.append(doc)
+
+    def stop(self, doc):
+        self.stops.append(doc)
 
 
 def run_demo(out_dir: str | Path = "talbot-lau-demo", config: Config | None = None,

@@ -3,7 +3,9 @@
 The session publishes every document to the proxy's input (``bluesky.callbacks.zmq.
 Publisher``); ``talbot-lau monitor`` and ``talbot-lau processor`` subscribe to its output
 (``RemoteDispatcher``) in a thread of their own, so nothing they do can slow the
-RunEngine.  Addresses default to loopback.
+RunEngine.  ``talbot-lau processor --publish`` sends the derived runs back into the proxy,
+where a monitor tells them from raw runs by their start document (:func:`by_origin`).
+Addresses default to loopback.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
+import event_model
 from bluesky.callbacks.zmq import Proxy, RemoteDispatcher
 
 DEFAULT_IN = ("127.0.0.1", 5577)
@@ -51,3 +54,9 @@ def start_dispatcher(address: tuple[str, int], callbacks):
     ready.wait(10)
     dispatcher = holder["dispatcher"]
     return lambda: dispatcher.loop.call_soon_threadsafe(dispatcher.stop)
+
+
+def by_origin(raw, derived) -> event_model.RunRouter:
+    """Every document of a derived run (its start names a ``parent_uid``) to ``derived``,
+    of any other run to ``raw``."""
+    return event_model.RunRouter([lambda name, start: ([derived if "parent_uid" in start else raw], [])])

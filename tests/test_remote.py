@@ -13,7 +13,7 @@ from acquisition.instrument import simulated_instrument
 from acquisition.monitor import MonitorWindow
 from acquisition.plans import darkfield_projection
 from acquisition.processing import darkfield_router
-from acquisition.remote import parse_address, start_dispatcher
+from acquisition.remote import by_origin, parse_address, start_dispatcher
 from conftest import small_config
 from simulators.physics import Phantom, TissueSlab, cluster_preset
 
@@ -24,7 +24,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_monitor_and_processor_behind_the_proxy(qtbot, tmp_path, request):
+def start_proxy(request) -> tuple[int, int]:
+    """``talbot-lau proxy`` on two free ports; (in_port, out_port) once it listens."""
     in_port, out_port = free_port(), free_port()
     proxy = subprocess.Popen([sys.executable, "-m", "acquisition.cli", "proxy", "--in-port", str(in_port),
                               "--out-port", str(out_port)])
@@ -34,6 +35,23 @@ def test_monitor_and_processor_behind_the_proxy(qtbot, tmp_path, request):
         while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
             assert time.monotonic() < deadline, "the proxy did not start"
             time.sleep(0.1)
+    return in_port, out_port
+
+
+def run_projection(request, tmp_path, in_port, texture):
+    phantom = Phantom(TissueSlab(), (cluster_preset(texture, (0.0, 0.0), seed=3),))
+    instrument = simulated_instrument(small_config(rows=96, cols=96), write_path=tmp_path / "raw",
+                                      phantom=phantom)
+    engine = RunEngine({})
+    publisher = Publisher(("127.0.0.1", in_port))
+    request.addfinalizer(publisher.close)
+    engine.subscribe(publisher)
+    time.sleep(0.5)  # 0MQ subscribers and the publisher need a moment to connect
+    return engine(darkfield_projection(instrument, dark_frames=1, steps=5, exposure_s=1.0))
+
+
+def test_monitor_and_processor_behind_the_proxy(qtbot, tmp_path, request):
+    in_port, out_port = start_proxy(request)
     window = MonitorWindow()
     qtbot.addWidget(window)
     collector = DerivedCollector()
@@ -43,20 +61,34 @@ def test_monitor_and_processor_behind_the_proxy(qtbot, tmp_path, request):
         window.derived_callback(name, doc)
 
     stop = start_dispatcher(("127.0.0.1", out_port),
-                                  [window.raw_callback, darkfield_router(tmp_path, publish=publish)])
-    time.sleep(0.5)  # 0MQ subscribers need a moment to connect
-    phantom = Phantom(TissueSlab(), (cluster_preset("fine", (0.0, 0.0), seed=3),))
-    instrument = simulated_instrument(small_config(rows=96, cols=96), write_path=tmp_path / "raw",
-                                      phantom=phantom)
-    engine = RunEngine({})
-    publisher = Publisher(("127.0.0.1", in_port))
-    request.addfinalizer(publisher.close)
-    engine.subscribe(publisher)
-    time.sleep(0.5)  # and the publisher to connect
-    engine(darkfield_projection(instrument, dark_frames=1, steps=5, exposure_s=1.0))
+                            [window.raw_callback, darkfield_router(tmp_path, publish=publish)])
+    run_projection(request, tmp_path, in_port, "fine")
     qtbot.waitUntil(lambda: len(window.cluster_rows) == 1, timeout=10_000)
     assert [c["texture"] for c in collector.clusters] == ["fine"]
     assert window.images["raw"].image.shape == (96, 96)
+    stop()
+
+
+def test_processor_in_another_process_publishes_derived_runs_back(qtbot, tmp_path, request):
+    """``talbot-lau processor --publish``: its derived runs reach the monitor through the proxy."""
+    in_port, out_port = start_proxy(request)
+    processor = subprocess.Popen([sys.executable, "-m", "acquisition.cli", "processor",
+                                  "--zmq", f"127.0.0.1:{out_port}", "--publish", f"127.0.0.1:{in_port}",
+                                  "--out", str(tmp_path / "derived")], stdout=subprocess.PIPE, text=True)
+    request.addfinalizer(processor.kill)
+    assert "processing documents" in processor.stdout.readline()
+    window = MonitorWindow()
+    qtbot.addWidget(window)
+    collector = DerivedCollector()
+    stop = start_dispatcher(("127.0.0.1", out_port),
+                            [by_origin(window.raw_callback, window.derived_callback),
+                             by_origin(lambda name, doc: None, collector)])
+    (uid,) = run_projection(request, tmp_path, in_port, "coarse")
+    qtbot.waitUntil(lambda: len(window.cluster_rows) == len(collector.clusters) == 1, timeout=20_000)
+    assert [c["texture"] for c in collector.clusters] == ["coarse"]
+    assert window.images["raw"].image.shape == (96, 96)  # raw frames still go to the raw panel
+    assert list((tmp_path / "derived").glob(f"derived_{uid[:8]}.h5"))
+    assert list((tmp_path / "derived").glob(f"run_{uid[:8]}.nxs"))  # recorded there too
     stop()
 
 
