@@ -104,7 +104,7 @@ class ProjectionProcessor(event_model.DocumentRouter):
         data = doc["data"]
         if self.image_key not in data:
             return
-        frame = np.asarray(data[self.image_key], dtype=np.float64)
+        frame = np.asarray(data[self.image_key])  # uint16 as read: float32 retrieval, saturation checked
         ready = self.sets.add(self.stream_of.get(doc["descriptor"]), float(data.get(self.g2_key, np.nan)),
                               frame, int(data.get("tile", 0)))
         self._submit(ready)

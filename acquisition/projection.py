@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from reconstruction import (ClusterAnalysis, Retrieval, Tile, analyse_clusters, retrieve, segment_clusters,
-                            stitch)
+from reconstruction import (ClusterAnalysis, Retrieval, Tile, analyse_clusters, calcified_mask,
+                            label_clusters, retrieve, stitch)
 
 
 @dataclass
@@ -91,8 +91,9 @@ def retrieve_projection(frames: ProjectionFrames, period_um: float) -> Retrieval
 
 def classify_image(result) -> ProjectionResult:
     """Segment and classify the clusters of a retrieved projection or a stitched mosaic."""
-    labels = segment_clusters(result.transmission, result.dark_field)
-    clusters = analyse_clusters(result.transmission, result.dark_field, labels)
+    mask = calcified_mask(result.transmission, result.dark_field)
+    labels = label_clusters(mask)
+    clusters = analyse_clusters(result.transmission, result.dark_field, labels, mask=mask)
     return ProjectionResult(result, labels, clusters)
 
 

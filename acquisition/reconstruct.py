@@ -30,7 +30,7 @@ def load_sets(record) -> list[tuple[int, ProjectionFrames]]:
         file = _text(row["file"])
         handler = handlers.setdefault(file, HDF5FrameHandler(file))
         ready += sets.add(_text(row["stream"]), float(row["g2_um"]),
-                          handler(int(row["point"])).astype(np.float64), int(row["tile"]))
+                          handler(int(row["point"])), int(row["tile"]))
     if not ready:
         raise ValueError(f"the run holds no complete phase-stepping set ({len(record.frames)} frames)")
     return ready

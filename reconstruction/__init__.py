@@ -14,13 +14,13 @@ from .normalisation import normalise_to_surroundings, surrounding_tissue
 from .retrieval import Retrieval, retrieve
 from .roc import RocCurve, confusion_at, roc_curve
 from .stitching import Mosaic, Tile, place_tiles, refine_offsets, stitch
-from .segmentation import calcified_mask, segment_clusters
+from .segmentation import calcified_mask, label_clusters, segment_clusters
 from .stepping import SteppingFit, fit_stepping, wrap_phase
 
 __all__ = [
     "ClusterAnalysis", "Microtexture", "Retrieval", "SteppingFit", "SUSPICIOUS_RATIO",
     "TABLE_1", "TEXTURES", "analyse_clusters", "calcified_mask", "classify_microtexture",
-    "fit_stepping", "normalise_to_surroundings", "retrieve", "segment_clusters",
+    "fit_stepping", "label_clusters", "normalise_to_surroundings", "retrieve", "segment_clusters",
     "surrounding_tissue", "wrap_phase",
     "correct_drift", "debias_amplitude", "interpolate_reference",
     "RocCurve", "confusion_at", "roc_curve",

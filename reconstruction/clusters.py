@@ -46,7 +46,8 @@ class ClusterAnalysis:
     Vs: float
 
 
-def analyse_clusters(transmission, dark_field, labels=None, **segment_kwargs) -> list[ClusterAnalysis]:
+def analyse_clusters(transmission, dark_field, labels=None, *, mask=None,
+                     **segment_kwargs) -> list[ClusterAnalysis]:
     """Classify every cluster of a T/V image pair, sorted by label.
 
     ``labels``: a label image (0 = background), default :func:`segment_clusters` with
@@ -54,7 +55,8 @@ def analyse_clusters(transmission, dark_field, labels=None, **segment_kwargs) ->
     ``mu_threshold``, ``k_sigma``, ``background_px``) also pick the calcified pixels inside
     given labels; ``ring_px``/``gap_px`` go to the tissue ring.  A cluster with fewer than
     3 calcified pixels, no scattering ones or no tissue ring cannot be classified and is
-    left out.
+    left out.  ``mask``: the calcified pixels when already computed (by
+    :func:`calcified_mask` with the same thresholds), so they are not computed twice.
     """
     transmission, dark_field = check_images(transmission, dark_field)
     ring_kwargs = {k: segment_kwargs.pop(k) for k in RING_KWARGS if k in segment_kwargs}
@@ -62,7 +64,11 @@ def analyse_clusters(transmission, dark_field, labels=None, **segment_kwargs) ->
     unknown = sorted(segment_kwargs.keys() - set(MASK_KWARGS))
     if unknown:
         raise TypeError(f"analyse_clusters got unexpected keyword arguments {unknown}")
-    mask = calcified_mask(transmission, dark_field, **segment_kwargs)
+    if mask is None:
+        mask = calcified_mask(transmission, dark_field, **segment_kwargs)
+    elif np.shape(mask) != transmission.shape:
+        raise ValueError(f"mask has shape {np.shape(mask)}, the images {transmission.shape}")
+    mask = np.asarray(mask, dtype=bool)
     if labels is None:
         labels = label_clusters(mask, **label_kwargs)  # as segment_clusters, one mask
     labels = check_labels(labels, transmission.shape)

@@ -166,3 +166,14 @@ def test_the_ring_ignores_other_clusters_and_nans():
 def test_bad_input_raises_one_clear_error(call, message):
     with pytest.raises(ValueError, match=message):
         call(np.full(SHAPE, 0.8), np.full(SHAPE, 0.9))
+
+
+def test_median3x3_equals_scipys_median_filter_with_ties_and_thin_images():
+    from scipy import ndimage
+
+    from reconstruction.background import median3x3
+
+    rng = np.random.default_rng(4)
+    for shape in ((1, 1), (2, 9), (37, 3), (64, 80)):
+        image = rng.integers(0, 5, shape).astype(np.float32)  # many ties
+        np.testing.assert_array_equal(median3x3(image), ndimage.median_filter(image, 3, mode="nearest"))
