@@ -152,6 +152,10 @@ class MonitorWindow(QtWidgets.QWidget):
     # -- derived runs ----------------------------------------------------------------------
     def _derived_factory(self, name, start):
         self._derived_start = start
+        if start.get("plan_name") == "darkfield_mosaic_stitch":  # the whole mosaic's clusters
+            for scatter in self.scatters.values():                 # replace those of its tiles
+                scatter.clear()
+            self.cluster_rows.clear()
         return [_Callback(event=self._derived_event, resource=self._derived_resource)], []
 
     def _derived_resource(self, doc):

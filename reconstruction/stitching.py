@@ -69,6 +69,10 @@ def _shift_between(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float]:
     return shift, float(correlation.max())
 
 
+STAGE_PRIOR_WEIGHT = 1e-3
+"""Weight of a tile's stage offset against a phase-correlation equation (weight 1)."""
+
+
 def refine_offsets(tiles: list[Tile], offsets: np.ndarray, *, max_shift_px: int = 10,
                    min_overlap_px: int = 16) -> np.ndarray:
     """Offsets corrected by phase correlation of every overlapping pair (tile 0 fixed)."""
@@ -93,20 +97,20 @@ def refine_offsets(tiles: list[Tile], offsets: np.ndarray, *, max_shift_px: int 
                 equations.append((i, j, (start[j] - start[i]) - shift))
     if not equations:
         return offsets
+    # every measured pair difference, plus a weak pull of each tile to its stage offset:
+    # tiles that no pair ties to tile 0 keep their stage placement (as a group)
     n = len(tiles)
-    matrix = np.zeros((len(equations) + 1, n))
-    rhs = np.zeros((len(equations) + 1, 2))
+    matrix = np.zeros((len(equations) + n, n))
+    rhs = np.zeros((len(equations) + n, 2))
     for k, (i, j, difference) in enumerate(equations):
         matrix[k, i], matrix[k, j] = -1, 1
         rhs[k] = difference
-    matrix[-1, 0] = 1  # tile 0 stays where the stage put it
-    rhs[-1] = start[0]
+    for i in range(n):
+        weight = 1.0 if i == 0 else STAGE_PRIOR_WEIGHT  # tile 0 stays where the stage put it
+        matrix[len(equations) + i, i] = weight
+        rhs[len(equations) + i] = weight * offsets[i]
     solved, *_ = np.linalg.lstsq(matrix, rhs, rcond=None)
-    connected = np.zeros(n, bool)
-    connected[0] = True
-    for i, j, _ in equations:
-        connected[[i, j]] = True
-    return np.where(connected[:, None], solved, offsets)
+    return solved
 
 
 def _feather(shape: tuple[int, int], feather_px: int) -> np.ndarray:

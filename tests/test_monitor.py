@@ -77,3 +77,6 @@ def test_monitor_grows_the_mosaic_tile_by_tile_then_shows_the_stitch(qtbot, tmp_
     with h5py.File(tmp_path / f"derived_{uid[:8]}.h5", "r") as f:
         stitched = np.nan_to_num(f["entry/scattering/data"][()])
     np.testing.assert_allclose(window.images["mosaic"].image, stitched, rtol=1e-6)
+    qtbot.waitUntil(lambda: [r["texture"] for r in window.cluster_rows] == ["coarse"], timeout=5000)
+    # the scatter holds the stitched mosaic's cluster only, not the tiles' copies as well
+    assert sum(len(s.data) for s in window.scatters.values()) == window.cluster_rows[0]["n_pixels"]

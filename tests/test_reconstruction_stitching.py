@@ -81,3 +81,17 @@ def test_nan_regions_are_filled_by_the_neighbour_and_bad_input_is_named():
     odd = Tile(np.ones((5, 5)), np.ones((5, 5)), np.zeros((5, 5)), (0.0, 0.0))
     with pytest.raises(ValueError, match="tile 1 has images of shape"):
         stitch([tiles[0], odd], PIXEL)
+
+
+def test_tiles_no_pair_ties_to_tile_0_keep_their_stage_placement():
+    """Only tiles 1 and 3 (one above the other) share a textured overlap: their difference
+    is measured, but nothing ties them to tile 0, so they must stay at the stage offsets."""
+    from reconstruction.stitching import refine_offsets
+
+    mu, eps = truth_field()
+    tiles = cut_tiles(mu, eps, noise=0.005)
+    flat = np.exp(-0.3 * np.ones_like(tiles[0].transmission))
+    tiles[0] = Tile(flat, flat, flat * 0, tiles[0].stage_mm)  # no texture: no correlation peak
+    tiles[2] = Tile(flat, flat, flat * 0, tiles[2].stage_mm)
+    offsets = place_tiles([t.stage_mm for t in tiles], PIXEL)
+    np.testing.assert_allclose(refine_offsets(tiles, offsets), offsets, atol=0.6)
