@@ -114,6 +114,26 @@ def test_stop_halts_a_slow_move_and_limits_follow_hlm(ioc):
     wait_for(lambda: axis.limits == (-150.0, 150.0), what="limits restored")
 
 
+def test_backlash_takeout_approaches_every_target_from_one_side(ioc):
+    axis = EpicsMotor(ioc.pv("stage:x"), name="stage_x")
+    axis.wait_for_connection(timeout=CONNECT_S)
+    bdst = EpicsSignal(ioc.pv("stage:x.BDST"), name="bdst")
+    bdst.put(0.5, wait=True)  # final approach: the last 0.5 mm in the positive direction
+    readbacks = []
+    axis.user_readback.subscribe(lambda value, **kw: readbacks.append(value), run=False)
+    try:
+        axis.move(-2.0, wait=True, timeout=5)  # against BDST: overshoots to -2.5, comes back
+        wait_for(lambda: readbacks and readbacks[-1] == pytest.approx(-2.0), what="readback")
+        assert min(readbacks) == pytest.approx(-2.5, abs=1e-6)
+        readbacks.clear()
+        axis.move(-1.0, wait=True, timeout=5)  # with BDST: no overshoot
+        wait_for(lambda: readbacks and readbacks[-1] == pytest.approx(-1.0), what="readback")
+        assert max(readbacks) == pytest.approx(-1.0, abs=1e-6) and min(readbacks) >= -2.0
+    finally:
+        bdst.put(0.0, wait=True)
+        axis.move(0.0, wait=True, timeout=5)
+
+
 def test_tube_shutter_opens_and_is_refused_while_interlocked(ioc, tube):
     assert tube.state.get() == "ready" and tube.interlock.get() == 1
     tube.kv.set(35.0).wait(timeout=5)

@@ -2,8 +2,9 @@
 
 Every field ophyd's ``EpicsMotor`` connects exists (caproto's ``MotorFields``); this adds
 the record's behaviour the twins need: the readback moves at VELO (egu per recorded s,
-``time_scale`` wall s per recorded s), DMOV pulses 1 -> 0 -> 1 on every move (also a null
-move), MOVN, a settle of DLY s, STOP (VAL := RBV), and soft limits HLM/LLM published as
+``time_scale`` wall s per recorded s), the final BDST egu of a move at BVEL (backlash
+takeout), DMOV pulses 1 -> 0 -> 1 on every move (also a null move), MOVN, a settle of DLY s,
+STOP (VAL := RBV), and soft limits HLM/LLM published as
 the control limits of VAL.  A put beyond them sets LVIO = 1 and restores VAL with no
 DMOV pulse, as the motor record does.
 """
@@ -77,6 +78,7 @@ class MotorAxis(PVGroup):
         await fields.user_high_limit.write(high, verify_value=False)
         await fields.engineering_units.write(self.egu)
         await fields.velocity.write(self.velocity)
+        await fields.bl_velocity.write(self.velocity / 10)
         await fields.readback_settle_time.write(self.settle_s)
         await fields.retry_deadband.write(self.retry_deadband)
         await fields.motor_step_size.write(1e-6)
@@ -129,28 +131,47 @@ class MotorAxis(PVGroup):
         await fields.dial_readback_value.write(value)
         await fields.raw_readback_value.write(round(value / 1e-6))
 
+    def _legs(self, fields, rbv: float, target: float) -> list[tuple[float, float]]:
+        """(end point, speed) of a move: with a backlash distance BDST the final approach
+        is the last BDST egu in BDST's direction at BVEL, as the motor record does."""
+        velocity = max(float(fields.velocity.value), 1e-12)
+        bdst = float(fields.bl_distance.value)
+        if bdst == 0 or target == rbv:
+            return [(target, velocity)]
+        slow = max(float(fields.bl_velocity.value), 1e-12)
+        same_way = (target - rbv) * bdst > 0
+        if same_way and abs(target - rbv) <= abs(bdst):
+            return [(target, slow)]
+        return [(target - bdst, velocity), (target, slow)]
+
     async def _run_move(self, instance) -> None:
-        """Move the readback to the target at VELO, settle DLY, then DMOV 1."""
+        """Move the readback to the target at VELO (backlash: BDST at BVEL), settle DLY,
+        then DMOV 1; a new target or STOP while moving takes effect at the next tick."""
         fields = instance.field_inst
         self._moving = True
         await fields.motor_is_moving.write(1)
-        while True:
+        target = self._target
+        legs = self._legs(fields, self.position, target)
+        while legs:
             rbv = self.position
-            target = self._target
             if self._stop_requested:
                 self._stop_requested = False
                 self._target = rbv
                 await instance.write(rbv, verify_value=False)
                 break
-            diff = target - rbv
+            if self._target != target:  # retargeted while moving
+                target = self._target
+                legs = self._legs(fields, rbv, target)
+            end, speed = legs[0]
+            diff = end - rbv
             if diff == 0.0:
-                break
+                legs.pop(0)
+                continue
             await fields.direction_of_travel.write(1 if diff > 0 else 0)
-            velocity = max(float(fields.velocity.value), 1e-12)
-            step = velocity * TICK_S / self.time_scale if self.time_scale > 0 else abs(diff)
-            rbv = target if abs(diff) <= step else rbv + step * (1 if diff > 0 else -1)
+            step = speed * TICK_S / self.time_scale if self.time_scale > 0 else abs(diff)
+            rbv = end if abs(diff) <= step else rbv + step * (1 if diff > 0 else -1)
             await self._publish_readback(fields, rbv)
-            if rbv != target:
+            if rbv != end:
                 await asyncio.sleep(TICK_S)
         settle = float(fields.readback_settle_time.value) * self.time_scale
         if settle > 0:
