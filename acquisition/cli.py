@@ -54,12 +54,20 @@ def main(argv: list[str] | None = None) -> int:
     processor.add_argument("--publish", metavar="HOST:PORT",
                            help="send the derived runs to the proxy's input (e.g. 127.0.0.1:5577)")
     processor.add_argument("--out", default="talbot-lau-derived", help="derived images and records")
+    serve = commands.add_parser("catalogue", help="serve a run catalogue (OUT/catalogue) with tiled")
+    serve.add_argument("directory", help="the catalogue directory, e.g. talbot-lau-data/catalogue")
+    serve.add_argument("--readable", nargs="*", default=[], metavar="DIR",
+                       help="directories of the frame and derived files the runs reference")
+    serve.add_argument("--host", default="127.0.0.1", help="interface (default: loopback only)")
+    serve.add_argument("--port", type=int, default=8000)
     rebuild = commands.add_parser("reconstruct", help="retrieve and classify stored runs offline")
     rebuild.add_argument("runs", nargs="+", metavar="RUN.nxs", help="run records (run_<uid8>.nxs)")
     rebuild.add_argument("--out", default="reconstructed", help="output directory (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.command == "reconstruct":
         return _reconstruct(args.runs, args.out)
+    if args.command == "catalogue":
+        return _serve_catalogue(args)
     if args.command == "proxy":
         from .remote import run_proxy
 
@@ -92,17 +100,39 @@ def _session(args, config) -> int:
 
     out = Path(args.out)
     if args.sim:
-        instrument = simulated_instrument(config, write_path=args.write_path or out / "raw")
+        frames = args.write_path or out / "raw"
+        instrument = simulated_instrument(config, write_path=frames)
         kind = "simulated"
     else:
+        frames = args.write_path or config.instrument.epics.write_path
         try:
-            instrument = epics_instrument(config, prefix=args.ioc, write_path=args.write_path)
+            instrument = epics_instrument(config, prefix=args.ioc, write_path=frames)
         except (InstrumentNotConnected, ValueError) as err:
             print(f"talbot-lau: {err}", file=sys.stderr)
             return 2
         kind = f"EPICS ({args.ioc or config.instrument.epics.prefix})"
-    return start_session(instrument, out, kind=kind, command=args.lines,
-                         with_monitor=args.monitor, publish=args.publish)
+    return start_session(instrument, out, kind=kind, command=args.lines, with_monitor=args.monitor,
+                         publish=args.publish, frames_dir=frames)
+
+
+def _serve_catalogue(args) -> int:
+    """``talbot-lau catalogue DIR``: the catalogue behind a tiled server, with a fresh API key."""
+    import secrets
+    import subprocess
+
+    from .catalogue import open_catalogue, server_command
+
+    open_catalogue(args.directory, readable=args.readable).context.close()  # created if new
+    api_key = secrets.token_hex(16)
+    print(f"serving {args.directory} at http://{args.host}:{args.port}; from Python:\n"
+          f"  from acquisition.catalogue import connect_catalogue, find_runs\n"
+          f"  catalogue = connect_catalogue('http://{args.host}:{args.port}', api_key='{api_key}')",
+          flush=True)
+    try:
+        return subprocess.call(server_command(args.directory, readable=args.readable, api_key=api_key,
+                                              host=args.host, port=args.port))
+    except KeyboardInterrupt:
+        return 0
 
 
 def _region(text: str) -> tuple[int, int, int, int]:

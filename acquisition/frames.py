@@ -17,6 +17,12 @@ class FrameReadError(OSError):
     """A referenced frame file is missing, truncated or not in the expected layout."""
 
 
+FRAME_DATASET = "entry/data/data"
+"""Frames of an ``AD_HDF5`` file, (n, rows, cols) along the first axis."""
+DERIVED_DATASET = "entry/{name}/data"
+"""A derived image ``name`` of a ``TL_DERIVED_HDF5`` file."""
+
+
 def _open(filename: str) -> h5py.File:
     """Open a finished file normally (HDF5 then checks it is complete), or a file that is
     still being written in SWMR mode."""
@@ -43,10 +49,10 @@ class HDF5FrameHandler:
         self._frame_per_point = frame_per_point
         self._file = _open(filename)
         try:
-            self._dataset = self._file["entry/data/data"]
+            self._dataset = self._file[FRAME_DATASET]
         except KeyError:
             self._file.close()
-            raise FrameReadError(f"{filename}: no dataset /entry/data/data") from None
+            raise FrameReadError(f"{filename}: no dataset /{FRAME_DATASET}") from None
 
     def __call__(self, point_number: int) -> np.ndarray:
         first = point_number * self._frame_per_point
@@ -81,7 +87,7 @@ class DerivedImageHandler:
 
     def __call__(self, name: str) -> np.ndarray:
         try:
-            return self._file[f"entry/{name}/data"][()]
+            return self._file[DERIVED_DATASET.format(name=name)][()]
         except KeyError:
             raise FrameReadError(f"{self._filename}: no derived image {name!r}") from None
 

@@ -12,6 +12,7 @@ def test_session_runs_a_plan_through_ipython_and_the_magics(tmp_path):
         "RE.md['operator'] = 'tester'",
         "RE(darkfield_projection(instrument, steps=3, dark_frames=1, exposure_s=1.0, sample='s-1'))",
         "print('SHUTTER', tube.shutter.get(), 'RUNS', RE.md['scan_id'])",
+        "print('CATALOGUED', len(find_runs(catalogue, 's-1')), len(find_runs(catalogue, 's-1', derived=True)))",
     ])
     env = dict(os.environ, TALBOT_LAU_STATE=str(tmp_path / "state"))
     command = [sys.executable, "-m", "acquisition.cli", "session", "--sim", "--out",
@@ -22,6 +23,7 @@ def test_session_runs_a_plan_through_ipython_and_the_magics(tmp_path):
     assert "talbot-lau session: simulated instrument" in out  # the help screen
     assert "g2                             1.6" in out  # %wa after %mov
     assert "SHUTTER 0 RUNS 1" in out
+    assert "CATALOGUED 1 1" in out  # the raw run and the processor's derived run
     assert list((tmp_path / "data").glob("run_*.nxs")) and list((tmp_path / "data" / "raw").glob("*.h5"))
     # metadata persists into the next session
     again = subprocess.run(command[:-1] + ["print('OPERATOR', RE.md['operator'])"], env=env,

@@ -1,0 +1,306 @@
+"""The run catalogue: every run, raw and derived, in a tiled catalogue searchable by sample.
+
+``open_catalogue(directory)`` serves tiled's embedded SQLite catalogue in process: run
+metadata in ``catalog.db``, event tables in ``tables.sqlite``, arrays tiled writes itself in
+``data/``.  ``catalogue_writer(client)`` is bluesky's ``TiledWriter`` for the RunEngine (and
+for the processor's ``publish``): run ``uid`` becomes ``client[uid]`` with ``start``/``stop``
+metadata and one table per stream (``client[uid]["primary"]["g2"]``, um).  Frames are not
+copied: the HDF5 files the documents reference are registered as external assets, read in
+place.  ``find_runs`` searches by sample id.  The same directory behind a tiled server
+(``server_command``; docs/catalogue.md) is reached with ``connect_catalogue``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import sys
+import threading
+from collections import defaultdict
+from collections.abc import Iterable
+from contextlib import closing
+from pathlib import Path
+
+import h5py
+from bluesky.callbacks.tiled_writer import RunNormalizer, TiledWriter
+from event_model import DocumentNames
+
+from .frames import DERIVED_DATASET, FRAME_DATASET
+
+log = logging.getLogger(__name__)
+
+CATALOG_DB = "catalog.db"
+"""Run metadata (tiled's SQL catalogue) in the catalogue directory."""
+TABLES_DB = "tables.sqlite"
+"""Event tables (tiled's tabular SQL storage) in the catalogue directory."""
+DATA_DIR = "data"
+"""Arrays tiled writes itself, in the catalogue directory."""
+
+
+def _storage(directory: Path) -> tuple[str, list[str]]:
+    """The catalogue database URI and the writable storage of a catalogue directory."""
+    return (f"sqlite:///{directory / CATALOG_DB}",
+            [str(directory / DATA_DIR), f"sqlite:///{directory / TABLES_DB}"])
+
+
+def _initialise(database: str) -> None:
+    """Create tiled's tables in a new catalogue database (no-op for an existing one).
+
+    Does in process, in a thread of its own (it runs an asyncio loop), what
+    ``tiled catalog init --if-not-exists`` does, sparing a 5 s subprocess."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from tiled.alembic_utils import UninitializedDatabase, check_database, stamp_head
+    from tiled.catalog.alembic_constants import ALEMBIC_DIR, ALEMBIC_INI_TEMPLATE_PATH
+    from tiled.catalog.core import ALL_REVISIONS, REQUIRED_REVISION, initialize_database
+    from tiled.utils import ensure_specified_sql_driver
+
+    database = ensure_specified_sql_driver(database)
+
+    async def setup() -> bool:
+        engine = create_async_engine(database)
+        try:
+            await check_database(engine, REQUIRED_REVISION, ALL_REVISIONS)
+            return False
+        except UninitializedDatabase:
+            await initialize_database(engine)
+            return True
+        finally:
+            await engine.dispose()
+
+    failure: list[BaseException] = []
+
+    def work():
+        try:
+            if asyncio.run(setup()):
+                stamp_head(ALEMBIC_INI_TEMPLATE_PATH, ALEMBIC_DIR, database)
+        except BaseException as err:  # re-raised in the caller's thread
+            failure.append(err)
+
+    thread = threading.Thread(target=work, name="catalogue-init")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+
+
+def open_catalogue(directory: str | Path, *, readable: Iterable[str | Path] = ()):
+    """A tiled client on the catalogue in ``directory`` (created if missing), served in process.
+
+    ``readable``: directories of the frame files the runs reference (the detector's write
+    path, the processor's output); a file elsewhere is catalogued but refused when read.
+    Close with ``client.context.close()``."""
+    from tiled.catalog import from_uri as catalog_from_uri
+    from tiled.client import Context, from_context
+    from tiled.server.app import build_app
+
+    directory = Path(directory).resolve()
+    (directory / DATA_DIR).mkdir(parents=True, exist_ok=True)
+    with closing(sqlite3.connect(directory / TABLES_DB)) as tables:  # readers never block the writer
+        tables.execute("PRAGMA journal_mode=WAL")
+    database, writable = _storage(directory)
+    try:
+        _initialise(database)
+        init = False
+    except ImportError:  # tiled moved its internals: let it initialise in a subprocess
+        init = True
+    catalog = catalog_from_uri(database, writable_storage=writable, init_if_not_exists=init,
+                               readable_storage=[str(Path(p).resolve()) for p in readable])
+    context = Context.from_app(build_app(catalog))
+    return from_context(context)
+
+
+def server_command(directory: str | Path, *, readable: Iterable[str | Path] = (),
+                   api_key: str, host: str = "127.0.0.1", port: int = 8000) -> list[str]:
+    """The command line of a tiled server on the catalogue in ``directory`` (already opened
+    once by :func:`open_catalogue`), reading frames from ``readable``."""
+    directory = Path(directory).resolve()
+    database, writable = _storage(directory)
+    command = [sys.executable, "-m", "tiled", "serve", "catalog", database]
+    for location in writable:
+        command += ["-w", location]
+    for location in readable:
+        command += ["-r", str(Path(location).resolve())]
+    return command + ["--api-key", api_key, "--host", host, "--port", str(port)]
+
+
+def connect_catalogue(uri: str, api_key: str | None = None):
+    """A tiled client on a catalogue behind a tiled server, e.g. ``http://127.0.0.1:8000``."""
+    from tiled.client import from_uri
+
+    return from_uri(uri, api_key=api_key)
+
+
+def find_runs(client, sample_id: str, *, derived: bool = False):
+    """The measured runs whose start document's ``sample.id`` is ``sample_id`` (with
+    ``derived``, the processor's derived runs of that sample instead, the ones with a
+    ``parent_uid``): a tiled container keyed by run uid."""
+    from tiled.queries import Key, KeyPresent
+
+    return client.search(Key("start.sample.id") == sample_id).search(
+        KeyPresent("start.parent_uid", exists=derived))
+
+
+_WRITE_LOCK = threading.Lock()
+"""One catalogue write at a time in this process: the RunEngine's and the processor's
+writers share the SQLite tables, which refuse a second writer."""
+
+
+def catalogue_writer(client, *, backup_directory: str | Path | None = None):
+    """The callback that writes every run into the catalogue behind ``client``; subscribe
+    it to the RunEngine, and give another one to the dark-field processor as ``publish``.
+
+    Frames of spec ``AD_HDF5`` become the stream's image array (e.g. ``primary/
+    detector_image``, one frame a row, registered as a slice of the HDF5 file, read in
+    place) when a stream's frames are one block of consecutive points of one file, one
+    frame a point: every stream of a projection.  A stream whose frames interleave with
+    another's in the file (a mosaic's tiles) cannot be a slice and keeps no image array
+    (a warning says so); its events are still in the table.  Derived images of spec
+    ``TL_DERIVED_HDF5`` become the ``images`` stream's arrays.
+
+    A document the catalogue refuses never fails the scan: the error is logged, and with
+    ``backup_directory`` the whole run is written there as JSON lines instead."""
+    writer = TiledWriter(client, normalizer=FrameNormalizer, batch_size=1,
+                         backup_directory=None if backup_directory is None else str(backup_directory))
+
+    failing = False  # the current run already failed once: log the rest quietly
+
+    def write(name: str, doc: dict) -> None:
+        nonlocal failing
+        failing = failing and name != "start"
+        with _WRITE_LOCK:
+            try:
+                writer(name, doc)
+            except Exception as err:
+                if failing:
+                    log.debug("catalogue: %s document not written (%r)", name, err)
+                else:
+                    log.exception("catalogue: %s document not written; the run is incomplete "
+                                  "in the catalogue", name)
+                failing = True
+
+    return write
+
+
+def _path(resource: dict) -> Path:
+    """The absolute path of the file of a Resource document."""
+    return Path("/" + resource["root"].strip("/")) / resource["resource_path"].strip("/")
+
+
+class FrameNormalizer(RunNormalizer):
+    """bluesky's document normaliser, taught our two file specs.
+
+    ``RunNormalizer`` turns a Resource into one StreamResource a data key and counts a
+    stream's frames from 0, but our detector writes all streams of a run into one file
+    (dark, reference, sample one after the other, ``point_number`` counting on), so it
+    would put every frame into the first stream.  ``AD_HDF5`` references are therefore
+    collected here and, at the stop document, given one StreamResource per stream
+    (``slice`` = that stream's points in the file) and one StreamDatum.
+    ``TL_DERIVED_HDF5`` datums name their image: the name becomes the HDF5 dataset, whose
+    dtype (float32, labels int32) and chunks, which the processor's descriptor does not
+    give, are read from the (finished) file and put into the descriptor; a file not yet
+    readable is checked by bluesky at the stop document instead (``_validate``)."""
+
+    SPECS = {"AD_HDF5": "application/x-hdf5", "TL_DERIVED_HDF5": "application/x-hdf5"}
+
+    def __init__(self, patches=None, spec_to_mimetype=None):
+        super().__init__(patches=patches, spec_to_mimetype={**self.SPECS, **(spec_to_mimetype or {})})
+        self._frame_resources: dict[str, dict] = {}
+        self._frame_datums: dict[str, tuple[str, int]] = {}
+        self._derived_resources: dict[str, dict] = {}
+        self._derived_dtypes: dict[str, str] = {}  # image name -> numpy dtype string
+        self._descriptors: dict[str, dict] = {}  # uid -> descriptor
+        # (stream, data key) -> [(seq_num, resource uid, point number)], and its first descriptor
+        self._frames: dict[tuple[str, str], list[tuple[int, str, int]]] = defaultdict(list)
+        self._first_descriptor: dict[tuple[str, str], str] = {}
+
+    def resource(self, doc):
+        if doc["spec"] == "AD_HDF5":
+            self._frame_resources[doc["uid"]] = doc
+            return
+        if doc["spec"] == "TL_DERIVED_HDF5":
+            self._derived_resources[doc["uid"]] = doc
+        # RunNormalizer edits resource_kwargs in place: give it a copy, not the document
+        # every other subscriber (the processor's Filler) reads too
+        super().resource({**doc, "resource_kwargs": dict(doc.get("resource_kwargs", {}))})
+
+    def datum(self, doc):
+        if doc["resource"] in self._frame_resources:
+            self._frame_datums[doc["datum_id"]] = (doc["resource"], int(doc["datum_kwargs"]["point_number"]))
+            return
+        if doc["resource"] in self._derived_resources:
+            kwargs = self._derived_image(self._derived_resources[doc["resource"]], doc["datum_kwargs"]["name"])
+        else:
+            kwargs = dict(doc.get("datum_kwargs", {}))  # edited in place, as resource_kwargs
+        super().datum({**doc, "datum_kwargs": kwargs})
+
+    def _derived_image(self, resource: dict, name: str) -> dict:
+        """StreamResource parameters of a derived image; remembers its dtype."""
+        dataset = DERIVED_DATASET.format(name=name)
+        try:
+            with h5py.File(_path(resource), "r") as f:
+                data = f[dataset]
+                self._derived_dtypes[name] = data.dtype.str
+                return {"dataset": dataset, "chunk_shape": list(data.chunks or data.shape)}
+        except (OSError, KeyError):
+            return {"dataset": dataset, "_validate": True}
+
+    def descriptor(self, doc):
+        self._descriptors[doc["uid"]] = doc
+        missing = {key for key, info in doc["data_keys"].items()
+                   if "external" in info and "dtype_numpy" not in info and key in self._derived_dtypes}
+        if missing:
+            doc = {**doc, "data_keys": {key: {**info, "dtype_numpy": self._derived_dtypes[key]}
+                                        if key in missing else info
+                                        for key, info in doc["data_keys"].items()}}
+        super().descriptor(doc)
+
+    def event(self, doc):
+        filled = doc.get("filled", {})
+        frames = {key: value for key, value in doc["data"].items()
+                  if not filled.get(key) and isinstance(value, str) and value in self._frame_datums}
+        if frames:
+            stream = self._descriptors[doc["descriptor"]]["name"]
+            for key, datum_id in frames.items():
+                resource, point = self._frame_datums.pop(datum_id)
+                self._frames[(stream, key)].append((doc["seq_num"], resource, point))
+                self._first_descriptor.setdefault((stream, key), doc["descriptor"])
+            doc = {**doc,
+                   "data": {k: v for k, v in doc["data"].items() if k not in frames},
+                   "timestamps": {k: v for k, v in doc["timestamps"].items() if k not in frames},
+                   "filled": {k: v for k, v in filled.items() if k not in frames}}
+        super().event(doc)
+
+    def stop(self, doc):
+        for (stream, key), frames in self._frames.items():
+            self._emit_frames(self._first_descriptor[(stream, key)], key, sorted(frames))
+        self._frames.clear()
+        super().stop(doc)
+
+    def _emit_frames(self, descriptor: str, key: str, frames: list[tuple[int, str, int]]) -> None:
+        """One StreamResource (a slice of the file) and one StreamDatum for a stream's frames."""
+        stream, data_keys = self._descriptors[descriptor]["name"], self._descriptors[descriptor]["data_keys"]
+        seq_nums = [s for s, _, _ in frames]
+        points = [p for _, _, p in frames]
+        resources = {r for _, r, _ in frames}
+        resource = self._frame_resources[frames[0][1]]
+        per_point = int(resource.get("resource_kwargs", {}).get("frame_per_point", 1))
+        n = len(frames)
+        if (len(resources) > 1 or per_point != 1 or points != list(range(points[0], points[0] + n))
+                or seq_nums != list(range(seq_nums[0], seq_nums[0] + n))):
+            log.warning("run stream %r: the %d frames of %r are not one block of consecutive "
+                        "points of one file; no image array in the catalogue", stream, n, key)
+            return
+        path = _path(resource)
+        parameters = {"dataset": FRAME_DATASET, "slice": f"{points[0]}:{points[0] + n}",
+                      "swmr": True, "join_method": "stack", "chunk_shape": [1]}
+        if "dtype_numpy" not in data_keys.get(key, {}):
+            parameters["_validate"] = True
+        uid = f"{resource['uid']}-{stream}-{key}"
+        self.emit(DocumentNames.stream_resource, {
+            "uid": uid, "data_key": key, "mimetype": "application/x-hdf5",
+            "uri": "file://localhost" + path.as_posix(), "parameters": parameters})
+        self.emit(DocumentNames.stream_datum, {
+            "uid": f"{uid}/0", "stream_resource": uid, "descriptor": descriptor,
+            "indices": {"start": 0, "stop": n},
+            "seq_nums": {"start": seq_nums[0], "stop": seq_nums[0] + n}})

@@ -1,0 +1,192 @@
+"""The run catalogue: projections on the twins written by TiledWriter, found by sample id."""
+
+import secrets
+import socket
+import subprocess
+import time
+
+import numpy as np
+import pytest
+from bluesky import RunEngine
+
+from acquisition.catalogue import (
+    catalogue_writer, connect_catalogue, find_runs, open_catalogue, server_command)
+from acquisition.frames import HANDLERS
+from acquisition.instrument import simulated_instrument
+from acquisition.plans import darkfield_projection
+from acquisition.processing import darkfield_router
+from conftest import small_config
+
+API_KEY = secrets.token_hex(16)  # tiled wants letters and digits only
+
+
+class Recorder:
+    """Each run's events by stream, and where each event's frame is in its file."""
+
+    def __init__(self):
+        self.streams, self.events, self.resources, self.datums = {}, [], {}, {}
+        self.run_descriptors: dict[str, set] = {}  # run uid -> its descriptor uids
+
+    def __call__(self, name, doc):
+        if name == "descriptor":
+            self.streams[doc["uid"]] = doc["name"]
+        elif name == "event":
+            self.events.append(dict(doc, stream=self.streams[doc["descriptor"]]))
+        elif name == "resource":
+            self.resources[doc["uid"]] = doc
+        elif name == "datum":
+            self.datums[doc["datum_id"]] = doc
+
+    def column(self, run_uid, stream, key):
+        return [e["data"][key] for e in self.events
+                if e["stream"] == stream and e["descriptor"] in self.run_descriptors[run_uid]]
+
+    def frame(self, datum_id):
+        """The raw frame of a datum, through the project's one loader."""
+        datum = self.datums[datum_id]
+        resource = self.resources[datum["resource"]]
+        handler = HANDLERS[resource["spec"]]("/" + resource["resource_path"],
+                                             **resource["resource_kwargs"])
+        try:
+            return handler(**datum["datum_kwargs"])
+        finally:
+            handler.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def catalogued(tmp_path_factory):
+    """Two projections (S-17 processed on the fly, S-18) written into a catalogue, which is
+    then closed and reopened; a tiled server on the directory starts meanwhile (~7 s)."""
+    root = tmp_path_factory.mktemp("catalogue")
+    raw, directory = root / "raw", root / "catalogue"
+    readable = [raw, root / "derived"]
+    client = open_catalogue(directory, readable=readable)
+    port, log = _free_port(), open(root / "server.log", "w")
+    server = subprocess.Popen(server_command(directory, readable=readable, api_key=API_KEY, port=port),
+                              stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        instrument = simulated_instrument(small_config(), write_path=raw)
+        engine = RunEngine({})
+        recorder, derived = Recorder(), Recorder()
+        engine.subscribe(recorder)
+        engine.subscribe(catalogue_writer(client))
+        derived_writer = catalogue_writer(client)
+        processor = darkfield_router(out_dir=root / "derived",
+                                     publish=lambda name, doc: (derived(name, doc), derived_writer(name, doc)))
+        token = engine.subscribe(processor)  # only S-17 is processed
+        uids = {}
+        for sample in ("S-17", "S-18"):
+            known = set(recorder.streams)
+            (uids[sample],) = engine(darkfield_projection(instrument, steps=3, dark_frames=1,
+                                                          sample={"id": sample}))
+            recorder.run_descriptors[uids[sample]] = set(recorder.streams) - known
+            if token is not None:
+                engine.unsubscribe(token)
+                token = None
+        processor.wait()
+        recorder.derived = derived
+        client.context.close()
+
+        reopened = open_catalogue(directory, readable=readable)
+        yield reopened, uids, recorder, (server, port)
+        reopened.context.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        log.close()
+
+
+def test_find_runs_gives_exactly_the_run_of_a_sample(catalogued):
+    client, uids, _, _ = catalogued
+    assert list(find_runs(client, "S-17")) == [uids["S-17"]]
+    assert list(find_runs(client, "S-18")) == [uids["S-18"]]
+    assert list(find_runs(client, "S-99")) == []
+
+
+def test_runs_survive_reopening_the_catalogue(catalogued):
+    client, uids, _, _ = catalogued  # the fixture closed the writing client and reopened
+    run = client[uids["S-17"]]
+    assert run.metadata["start"]["sample"]["id"] == "S-17"
+    assert run.metadata["stop"]["exit_status"] == "success"
+    assert set(run) == {"dark", "reference", "primary", "dose"}
+
+
+def test_primary_stream_keeps_the_recorded_g2_positions(catalogued):
+    client, uids, recorder, _ = catalogued
+    for sample, uid in uids.items():
+        recorded = recorder.column(uid, "primary", "g2")
+        assert len(recorded) == 3
+        np.testing.assert_array_equal(client[uid]["primary"]["g2"].read(), recorded)  # um
+
+
+def test_image_columns_read_back_the_raw_frames(catalogued):
+    client, uids, recorder, _ = catalogued
+    uid = uids["S-17"]
+    for stream, count in (("dark", 1), ("reference", 3), ("primary", 3)):
+        images = client[uid][stream]["detector_image"].read()
+        assert images.shape == (count, 96, 112) and images.dtype == np.uint16
+        for image, datum_id in zip(images, recorder.column(uid, stream, "detector_image")):
+            np.testing.assert_array_equal(image, recorder.frame(datum_id))
+
+
+def test_derived_run_is_catalogued_with_its_images(catalogued):
+    client, uids, recorder, _ = catalogued
+    (derived_uid,) = find_runs(client, "S-17", derived=True)
+    assert list(find_runs(client, "S-18", derived=True)) == []
+    derived = client[derived_uid]
+    assert derived.metadata["start"]["parent_uid"] == uids["S-17"]
+    assert derived.metadata["stop"]["exit_status"] == "success"
+    images = derived["images"]
+    (event,) = [e for e in recorder.derived.events if e["stream"] == "images"]
+    for name in ("dark_field", "labels"):
+        image = images[name].read()
+        assert image.shape == (96, 112)
+        np.testing.assert_array_equal(image, recorder.derived.frame(event["data"][name]))
+    assert images["dark_field"].dtype == np.float32 and images["labels"].dtype == np.int32
+
+
+@pytest.mark.filterwarnings("ignore:The callback:UserWarning")  # event-model on the failed start
+def test_a_failing_catalogue_never_fails_the_scan(tmp_path, caplog):
+    class Unreachable:  # a tiled client whose server is gone
+        def include_data_sources(self):
+            return self
+
+        def create_container(self, **kwargs):
+            raise ConnectionError("catalogue server unreachable")
+
+    engine = RunEngine({})
+    engine.subscribe(catalogue_writer(Unreachable()))
+    instrument = simulated_instrument(small_config(rows=32, cols=32), write_path=tmp_path)
+    (uid,) = engine(darkfield_projection(instrument, steps=3, dark_frames=1, sample={"id": "S-19"}))
+    assert uid
+    errors = [r for r in caplog.records if r.levelname == "ERROR" and r.name == "acquisition.catalogue"]
+    assert len(errors) == 1 and "start document not written" in errors[0].getMessage()
+
+
+def test_a_tiled_server_serves_the_same_catalogue(catalogued):
+    _, uids, recorder, (server, port) = catalogued
+    import httpx
+
+    deadline = time.monotonic() + 30
+    while True:
+        if server.poll() is not None:
+            pytest.fail(f"tiled server exited with {server.returncode}: see server.log")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1, trust_env=False).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail("tiled server did not start within 30 s")
+        time.sleep(0.1)
+    client = connect_catalogue(f"http://127.0.0.1:{port}", api_key=API_KEY)
+    uid = uids["S-17"]
+    assert list(find_runs(client, "S-17")) == [uid]
+    (datum_id, *_) = recorder.column(uid, "primary", "detector_image")
+    np.testing.assert_array_equal(client[uid]["primary"]["detector_image"][0], recorder.frame(datum_id))
