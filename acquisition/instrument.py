@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,12 @@ class InstrumentNotConnected(ConnectionError):
     """Some PVs of the EPICS instrument did not answer."""
 
 
+def _unconnected_pvs(device) -> list[str]:
+    """The PV names of ``device``'s signals that are not connected."""
+    return [getattr(walk.item, "pvname", walk.dotted_name) for walk in device.walk_signals()
+            if not walk.item.connected]
+
+
 def epics_instrument(
     config: Config | None = None, *, prefix: str | None = None,
     write_path: str | Path | None = None, connect_timeout_s: float = 10.0,
@@ -122,15 +129,19 @@ def epics_instrument(
                                                     write_path=write_path or inst.epics.write_path),
     }
     built, missing = {}, []
+    deadline = time.monotonic() + connect_timeout_s  # channels connect in parallel
     for name, make in makers.items():
         try:
             built[name] = make()
-            built[name].wait_for_connection(timeout=connect_timeout_s)
+            built[name].wait_for_connection(timeout=max(deadline - time.monotonic(), 0.1))
         except TimeoutError as err:
-            missing.append(f"{name}: {err}")
+            pvs = _unconnected_pvs(built[name]) if name in built else [str(err)]
+            more = f" and {len(pvs) - 3} more" if len(pvs) > 3 else ""
+            missing.append(f"{name}: {', '.join(pvs[:3])}{more}")
     if missing:
         addresses = os.environ.get("EPICS_CA_ADDR_LIST", "(unset)")
         raise InstrumentNotConnected(
             f"EPICS instrument at prefix {prefix!r} did not connect within {connect_timeout_s} s "
-            f"(EPICS_CA_ADDR_LIST={addresses}); is the IOC running?\n  " + "\n  ".join(missing))
+            f"(EPICS_CA_ADDR_LIST={addresses}); is the IOC running? Not answering:\n  "
+            + "\n  ".join(missing))
     return Instrument(config=config, **built)
