@@ -3,7 +3,7 @@
 The raw stack is read once, in blocks of rows that fit in the CPU cache: each block is
 converted to floats, multiplied by the (3, n) least-squares solver (BLAS) and turned into
 every output while it is still in cache.  Blocks run on a thread pool (numpy and BLAS
-release the GIL), one thread per core.  Integer and float32 stacks are computed in
+release the GIL), one thread per core, with BLAS itself single-threaded meanwhile.  Integer and float32 stacks are computed in
 float32, float64 stacks in float64 (exact to float64 precision on noise-free data).
 """
 
@@ -13,6 +13,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 BLOCK_PIXELS = 1 << 15
 """Pixels per block: 9 steps of 32768 float32 pixels are 1.2 MB, about one L2 cache."""
@@ -35,8 +36,11 @@ def _run(function, ny: int, nx: int) -> None:
     if len(blocks) == 1:
         function(*blocks[0])
         return
-    for future in [_POOL.submit(function, *block) for block in blocks]:
-        future.result()
+    # one BLAS thread per block: the pool already uses every core (BLAS threads on top of
+    # it oversubscribe the cores and halve the speed)
+    with threadpool_limits(limits=1, user_api="blas"):
+        for future in [_POOL.submit(function, *block) for block in blocks]:
+            future.result()
 
 
 def _harmonics(stack, solver, first, last, dtype):
