@@ -43,7 +43,7 @@ import h5py
 import numpy as np
 
 from .derived_store import derived_glob
-from .frames import image_key
+from .frames import FRAME_DATASET, image_key
 from .nexus import iso8601, nx_field, nx_group, nx_quantities, nx_root
 
 FRAME_ROW = np.dtype([("stream", h5py.string_dtype()), ("g2_um", "f8"), ("stage_x_mm", "f8"),
@@ -153,7 +153,7 @@ def write_run_entry(f: h5py.File, start: dict, stop: dict, frames: np.ndarray,
     if links:
         data = nx_group(entry, "data", "NXdata", signal="raw_000", axes=[".", ".", "."])
         for name, file in links.items():
-            data[name] = h5py.ExternalLink(file, "/entry/data/data")
+            data[name] = h5py.ExternalLink(file, "/" + FRAME_DATASET)
         entry.attrs["default"] = "data"
 
 
@@ -190,7 +190,7 @@ def _instrument(instrument: h5py.Group, start: dict, frames: np.ndarray, links: 
         nx_field(detector, "region", np.asarray(pixel["region"], np.int64),
                  description="first row, first column, rows, columns of the read-out region")
     for name, file in links.items():
-        detector[name] = h5py.ExternalLink(file, "/entry/data/data")
+        detector[name] = h5py.ExternalLink(file, "/" + FRAME_DATASET)
     table = nx_group(detector, "frames", "NXcollection")
     for name in FRAME_ROW.names:
         nx_field(table, name, frames[name], FRAME_UNITS.get(name), dtype=FRAME_ROW[name])
