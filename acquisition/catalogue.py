@@ -8,15 +8,26 @@ metadata and one table per stream (``client[uid]["primary"]["g2"]``, um).  Frame
 copied: the HDF5 files the documents reference are registered as external assets, read in
 place.  ``find_runs`` searches by sample id.  The same directory behind a tiled server
 (``server_command``; docs/catalogue.md) is reached with ``connect_catalogue``.
+
+The server's API key never appears on a command line (``ps`` shows those to every user):
+:func:`server_api_key` reads it from a file only its owner can read or from
+``TALBOT_LAU_API_KEY``, or makes a fresh one in such a file (``API_KEY_FILE`` in the
+catalogue directory); :func:`server_environment` hands it to the server as
+``TILED_SINGLE_USER_API_KEY``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
 import sqlite3
+import stat
 import sys
+import tempfile
 import threading
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable
 from contextlib import closing
@@ -36,6 +47,12 @@ TABLES_DB = "tables.sqlite"
 """Event tables (tiled's tabular SQL storage) in the catalogue directory."""
 DATA_DIR = "data"
 """Arrays tiled writes itself, in the catalogue directory."""
+API_KEY_ENV = "TALBOT_LAU_API_KEY"
+"""The environment variable that gives the catalogue server's API key."""
+API_KEY_FILE = "api_key"
+"""The file (mode 0600) in the catalogue directory that holds a generated API key."""
+TILED_KEY_ENV = "TILED_SINGLE_USER_API_KEY"
+"""Where ``tiled serve`` reads its single-user API key from (tiled.server.settings)."""
 
 
 def _storage(directory: Path) -> tuple[str, list[str]]:
@@ -84,16 +101,33 @@ def _initialise(database: str) -> None:
         raise failure[0]
 
 
+def _quiet_tiled() -> None:
+    """Silence, at their source, the two lines tiled's in-process server prints at every start:
+    starlette's ``StarletteDeprecationWarning`` "Using `httpx` with `starlette.testclient` is
+    deprecated" (raised when ``tiled.client.context`` imports ``starlette.testclient`` for
+    ``Context.from_app``; nothing of ours can act on it) and the ``tiled.server.app`` logger's
+    INFO "Tiled version ..." (lowered to WARNING in :func:`open_catalogue`, after the import
+    that sets it).  Other warnings and tiled's warnings and errors still show."""
+    try:
+        from starlette.exceptions import StarletteDeprecationWarning
+    except ImportError:  # a starlette without it does not warn
+        return
+    warnings.filterwarnings("ignore", message=r"Using `httpx` with `starlette\.testclient` is deprecated",
+                            category=StarletteDeprecationWarning, module=r"tiled\.")
+
+
 def open_catalogue(directory: str | Path, *, readable: Iterable[str | Path] = ()):
     """A tiled client on the catalogue in ``directory`` (created if missing), served in process.
 
     ``readable``: directories of the frame files the runs reference (the detector's write
     path, the processor's output); a file elsewhere is catalogued but refused when read.
     Close with ``client.context.close()``."""
+    _quiet_tiled()
     from tiled.catalog import from_uri as catalog_from_uri
     from tiled.client import Context, from_context
     from tiled.server.app import build_app
 
+    logging.getLogger("tiled.server.app").setLevel(logging.WARNING)  # it sets INFO when imported
     directory = Path(directory).resolve()
     (directory / DATA_DIR).mkdir(parents=True, exist_ok=True)
     with closing(sqlite3.connect(directory / TABLES_DB)) as tables:  # readers never block the writer
@@ -111,9 +145,10 @@ def open_catalogue(directory: str | Path, *, readable: Iterable[str | Path] = ()
 
 
 def server_command(directory: str | Path, *, readable: Iterable[str | Path] = (),
-                   api_key: str, host: str = "127.0.0.1", port: int = 8000) -> list[str]:
+                   host: str = "127.0.0.1", port: int = 8000) -> list[str]:
     """The command line of a tiled server on the catalogue in ``directory`` (already opened
-    once by :func:`open_catalogue`), reading frames from ``readable``."""
+    once by :func:`open_catalogue`), reading frames from ``readable``.  It holds no API
+    key: run it with ``env=server_environment(key)``."""
     directory = Path(directory).resolve()
     database, writable = _storage(directory)
     command = [sys.executable, "-m", "tiled", "serve", "catalog", database]
@@ -121,13 +156,70 @@ def server_command(directory: str | Path, *, readable: Iterable[str | Path] = ()
         command += ["-w", location]
     for location in readable:
         command += ["-r", str(Path(location).resolve())]
-    return command + ["--api-key", api_key, "--host", host, "--port", str(port)]
+    return command + ["--host", host, "--port", str(port)]
 
 
-def connect_catalogue(uri: str, api_key: str | None = None):
-    """A tiled client on a catalogue behind a tiled server, e.g. ``http://127.0.0.1:8000``."""
+def server_environment(api_key: str, base: dict | None = None) -> dict[str, str]:
+    """The environment of the server process: ``base`` (this process's) plus the key."""
+    base = os.environ if base is None else base
+    return {**base, TILED_KEY_ENV: _checked_key(api_key, "the API key")}
+
+
+def _checked_key(key: str, source: str) -> str:
+    key = key.strip()
+    if not key or not key.isalnum():
+        raise ValueError(f"{source}: an API key is letters and digits only (tiled's rule), "
+                         f"e.g. from `openssl rand -hex 32`")
+    return key
+
+
+def read_api_key(path: str | Path) -> str:
+    """The key in ``path``, a regular file of this user that nobody else may read."""
+    path = Path(path)
+    try:
+        info = path.stat()
+    except OSError as err:
+        raise ValueError(f"API key file {path}: {err.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"API key file {path}: not a regular file")
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise ValueError(f"API key file {path}: must belong to you and be readable by you only "
+                         f"(chmod 600 {path})")
+    return _checked_key(path.read_text(), f"API key file {path}")
+
+
+def server_api_key(directory: str | Path,
+                   key_file: str | Path | None = None) -> tuple[str, str, Path | None]:
+    """The catalogue server's API key, from ``key_file``, else ``TALBOT_LAU_API_KEY``, else
+    a fresh one written to ``directory/API_KEY_FILE`` (mode 0600, replacing an old one).
+
+    Returns ``(key, where it came from, the file that holds it or None)``."""
+    if key_file is not None:
+        return read_api_key(key_file), str(key_file), Path(key_file).resolve()
+    if os.environ.get(API_KEY_ENV):
+        return _checked_key(os.environ[API_KEY_ENV], API_KEY_ENV), f"${API_KEY_ENV}", None
+    key = secrets.token_hex(32)
+    path = Path(directory).resolve() / API_KEY_FILE
+    descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=".api_key-")  # mode 0600
+    try:
+        with os.fdopen(descriptor, "w") as f:
+            f.write(key + "\n")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return key, f"new, in {path}", path
+
+
+def connect_catalogue(uri: str, api_key: str | None = None, *, api_key_file: str | Path | None = None):
+    """A tiled client on a catalogue behind a tiled server, e.g. ``http://127.0.0.1:8000``;
+    the key is ``api_key``, else read from ``api_key_file``, else ``$TALBOT_LAU_API_KEY``."""
     from tiled.client import from_uri
 
+    if api_key is None and api_key_file is not None:
+        api_key = read_api_key(api_key_file)
+    if api_key is None and os.environ.get(API_KEY_ENV):
+        api_key = _checked_key(os.environ[API_KEY_ENV], API_KEY_ENV)
     return from_uri(uri, api_key=api_key)
 
 
@@ -272,22 +364,24 @@ class FrameNormalizer(RunNormalizer):
         super().event(doc)
 
     def stop(self, doc):
-        for (stream, key), frames in self._frames.items():
-            self._emit_frames(self._first_descriptor[(stream, key)], key, sorted(frames))
+        for (stream, key), frames in self._frames.items():  # in the order the events came
+            self._emit_frames(self._first_descriptor[(stream, key)], key, frames)
         self._frames.clear()
         super().stop(doc)
 
     def _emit_frames(self, descriptor: str, key: str, frames: list[tuple[int, str, int]]) -> None:
-        """One StreamResource (a slice of the file) and one StreamDatum for a stream's frames."""
+        """One StreamResource (a slice of the file) for a stream's frames, row i the frame of
+        the stream's i-th event (its row in the event table), and one StreamDatum per run of
+        consecutive seq_nums.  A resumed plan repeats the points since its last checkpoint
+        with the same seq_nums (bluesky rewinds its counters): the interrupted frames and
+        their repeats are all kept, in the order taken, as the event table keeps their rows."""
         stream, data_keys = self._descriptors[descriptor]["name"], self._descriptors[descriptor]["data_keys"]
-        seq_nums = [s for s, _, _ in frames]
         points = [p for _, _, p in frames]
         resources = {r for _, r, _ in frames}
         resource = self._frame_resources[frames[0][1]]
         per_point = int(resource.get("resource_kwargs", {}).get("frame_per_point", 1))
         n = len(frames)
-        if (len(resources) > 1 or per_point != 1 or points != list(range(points[0], points[0] + n))
-                or seq_nums != list(range(seq_nums[0], seq_nums[0] + n))):
+        if len(resources) > 1 or per_point != 1 or points != list(range(points[0], points[0] + n)):
             log.warning("run stream %r: the %d frames of %r are not one block of consecutive "
                         "points of one file; no image array in the catalogue", stream, n, key)
             return
@@ -300,7 +394,13 @@ class FrameNormalizer(RunNormalizer):
         self.emit(DocumentNames.stream_resource, {
             "uid": uid, "data_key": key, "mimetype": "application/x-hdf5",
             "uri": "file://localhost" + path.as_posix(), "parameters": parameters})
-        self.emit(DocumentNames.stream_datum, {
-            "uid": f"{uid}/0", "stream_resource": uid, "descriptor": descriptor,
-            "indices": {"start": 0, "stop": n},
-            "seq_nums": {"start": seq_nums[0], "stop": seq_nums[0] + n}})
+        runs, first = [], 0  # [(first index, last index + 1)] of consecutive seq_nums
+        for i in range(1, n + 1):
+            if i == n or frames[i][0] != frames[i - 1][0] + 1:
+                runs.append((first, i))
+                first = i
+        for number, (start, stop) in enumerate(runs):
+            self.emit(DocumentNames.stream_datum, {
+                "uid": f"{uid}/{number}", "stream_resource": uid, "descriptor": descriptor,
+                "indices": {"start": start, "stop": stop},
+                "seq_nums": {"start": frames[start][0], "stop": frames[start][0] + stop - start}})

@@ -5,19 +5,86 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+import traceback
 from pathlib import Path
 
-from .config import ConfigError, load_config
+EXIT_USAGE = 2
+"""Bad arguments or a command that could not start (its configuration, files, devices)."""
+EXIT_FAILED = 1
+"""A command that ran but failed."""
+EXIT_INTERRUPTED = 130
+"""Ctrl-C before a command's own way of ending (the shell's 128 + SIGINT)."""
+
+
+class CommandFailed(Exception):
+    """A command that had started its work failed (exit 1): the cause is ``__cause__``."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line naming the command's ``--help``."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="talbot-lau", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="measure and classify a simulated specimen end to end")
+    """Run one command.  An exception that reaches here is one line on stderr,
+    ``talbot-lau: <ExceptionType>: <first line of its message>``, and exit 2 (1 when the
+    command had started its work); ``--debug`` prints the whole traceback instead;
+    Ctrl-C exits 130 quietly."""
+    args = _parser().parse_args(argv)
+    debug = getattr(args, "debug", False)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except CommandFailed as failed:
+        _report(failed.__cause__ or failed, debug)
+        return EXIT_FAILED
+    except Exception as err:
+        _report(err, debug)
+        return EXIT_USAGE
+
+
+def _report(err: BaseException, debug: bool) -> None:
+    """The traceback with ``--debug``, else one line: the exception's type and the first
+    line of its message."""
+    if debug:
+        traceback.print_exception(err)
+    else:
+        print(f"talbot-lau: {_one_line(err)}", file=sys.stderr, flush=True)
+
+
+ONE_LINE = 300
+"""Longest message printed whole (its lines joined); a longer one is cut to its first line."""
+
+
+def _one_line(err: BaseException) -> str:
+    """``Type: message`` on one line: a short message's lines joined, a long one's first line."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    text = " ".join(lines)
+    if len(text) > ONE_LINE and len(lines) > 1:
+        text = f"{lines[0]} ... (--debug shows all)"
+    return f"{type(err).__name__}: {text}"
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="print the whole traceback of an error (default: one line)")
+    parser = _Parser(prog="talbot-lau", description=__doc__, parents=[common])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=[common], **kwargs)
+
+    demo = command("demo", help="measure and classify a simulated specimen end to end")
     demo.add_argument("--out", default="talbot-lau-demo", help="output directory (default: %(default)s)")
     demo.add_argument("--config", help="instrument YAML (default: the embedded configs/instrument.yaml)")
     demo.add_argument("--simulation", help="simulation YAML (default: the embedded configs/simulation.yaml)")
-    session = commands.add_parser("session", help="IPython with the RunEngine, devices, plans and processing")
+    session = command("session", help="IPython with the RunEngine, devices, plans and processing")
     which = session.add_mutually_exclusive_group()
     which.add_argument("--sim", action="store_true", help="the in-process simulated twins")
     which.add_argument("--ioc", metavar="PREFIX",
@@ -32,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     session.add_argument("--publish", metavar="HOST:PORT",
                          help="also publish every document to a 0MQ proxy (e.g. 127.0.0.1:5577)")
     session.add_argument("-c", dest="lines", help="run these IPython lines and exit")
-    ioc = commands.add_parser("ioc", help="serve the Channel Access twins (loopback unless "
-                              "EPICS_CAS_INTF_ADDR_LIST says otherwise; port EPICS_CA_SERVER_PORT)")
+    ioc = command("ioc", help="serve the Channel Access twins (loopback unless "
+                  "EPICS_CAS_INTF_ADDR_LIST says otherwise; port EPICS_CA_SERVER_PORT)")
     ioc.add_argument("--prefix", help="PV prefix (default: epics.prefix of the config)")
     ioc.add_argument("--config", help="instrument YAML")
     ioc.add_argument("--simulation", help="simulation YAML")
@@ -41,46 +108,55 @@ def main(argv: list[str] | None = None) -> int:
                      "(default: epics.write_path of the config)")
     ioc.add_argument("--time-scale", type=float, help="wall seconds per recorded second")
     ioc.add_argument("--region", type=_region, help="detector read-out region first_row,first_col,rows,cols")
-    proxy = commands.add_parser("proxy", help="bluesky's 0MQ proxy on this machine")
+    ioc.add_argument("--write-hosts", nargs="+", metavar="HOST",
+                     help="clients that may write PVs: names, addresses or networks such as "
+                     "192.168.1.0/24 (default: loopback only); everyone that reaches the IOC reads")
+    proxy = command("proxy", help="bluesky's 0MQ proxy on this machine (loopback "
+                    "unless --bind says otherwise; documents as msgpack)")
     proxy.add_argument("--in-port", type=int, default=5577)
     proxy.add_argument("--out-port", type=int, default=5578)
-    monitor = commands.add_parser("monitor", help="the live monitor, fed from the 0MQ proxy")
+    proxy.add_argument("--bind", default="127.0.0.1", metavar="ADDR",
+                       help="interface to listen on (default: %(default)s, this machine only)")
+    monitor = command("monitor", help="the live monitor, fed from the 0MQ proxy")
     monitor.add_argument("--zmq", default="127.0.0.1:5578", help="the proxy's output (default %(default)s)")
     monitor.add_argument("--process", action="store_true",
                          help="run a processor in the monitor (when no `talbot-lau processor` publishes)")
     monitor.add_argument("--out", default="talbot-lau-derived", help="where its processor writes")
-    processor = commands.add_parser("processor", help="the on-the-fly processor, fed from the 0MQ proxy")
+    processor = command("processor", help="the on-the-fly processor, fed from the 0MQ proxy")
     processor.add_argument("--zmq", default="127.0.0.1:5578", help="the proxy's output (default %(default)s)")
     processor.add_argument("--publish", metavar="HOST:PORT",
                            help="send the derived runs to the proxy's input (e.g. 127.0.0.1:5577)")
     processor.add_argument("--out", default="talbot-lau-derived", help="derived images and records")
-    serve = commands.add_parser("catalogue", help="serve a run catalogue (OUT/catalogue) with tiled")
+    serve = command("catalogue", help="serve a run catalogue (OUT/catalogue) with tiled")
     serve.add_argument("directory", help="the catalogue directory, e.g. talbot-lau-data/catalogue")
     serve.add_argument("--readable", nargs="*", default=[], metavar="DIR",
                        help="directories of the frame and derived files the runs reference")
     serve.add_argument("--host", default="127.0.0.1", help="interface (default: loopback only)")
     serve.add_argument("--port", type=int, default=8000)
-    rebuild = commands.add_parser("reconstruct", help="retrieve and classify stored runs offline")
+    serve.add_argument("--create", action="store_true",
+                       help="make a new, empty catalogue if DIRECTORY holds none (default: refuse)")
+    serve.add_argument("--api-key-file", metavar="FILE",
+                       help="the API key, in a file only you can read (default: $TALBOT_LAU_API_KEY, "
+                       "else a fresh key in DIR/api_key, mode 0600)")
+    rebuild = command("reconstruct", help="retrieve and classify stored runs offline")
     rebuild.add_argument("runs", nargs="+", metavar="RUN.nxs", help="run records (run_<uid8>.nxs)")
     rebuild.add_argument("--out", default="reconstructed", help="output directory (default: %(default)s)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _run(args) -> int:
     if args.command == "reconstruct":
-        return _reconstruct(args.runs, args.out)
+        return _reconstruct(args.runs, args.out, debug=getattr(args, "debug", False))
     if args.command == "catalogue":
         return _serve_catalogue(args)
     if args.command == "proxy":
-        from .remote import run_proxy
-
-        run_proxy(args.in_port, args.out_port)
-        return 0
+        return _proxy(args)
     if args.command in ("monitor", "processor"):
         return _remote(args)
 
-    try:
-        config = load_config(args.config, args.simulation)
-    except ConfigError as err:
-        print(f"talbot-lau: {err}", file=sys.stderr)
-        return 2
+    from .config import load_config  # not for --help: it imports the physics' dataclasses
+
+    config = load_config(args.config, args.simulation)
     if args.command == "session":
         return _session(args, config)
     if args.command == "ioc":
@@ -88,14 +164,31 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from .demo import run_demo
 
-        rows = run_demo(args.out, config)
-        return 0 if rows else 1
-    return 2
+        try:
+            rows = run_demo(args.out, config)
+        except Exception as err:
+            raise CommandFailed() from err
+        return 0 if rows else EXIT_FAILED
+    return EXIT_USAGE
+
+
+def _proxy(args) -> int:
+    """``talbot-lau proxy``: bound first, then one line with both addresses, until Ctrl-C."""
+    from .remote import make_proxy
+
+    proxy = make_proxy(args.in_port, args.out_port, host=args.bind)
+    print(f"0MQ proxy: publishers to tcp://{args.bind}:{proxy.in_port}, subscribers from "
+          f"tcp://{args.bind}:{proxy.out_port}; Ctrl-C ends", flush=True)
+    try:
+        proxy.start()
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def _session(args, config) -> int:
     """``talbot-lau session``: IPython on the simulated or the EPICS instrument."""
-    from .instrument import InstrumentNotConnected, epics_instrument, simulated_instrument
+    from .instrument import epics_instrument, simulated_instrument
     from .session import start_session
 
     out = Path(args.out)
@@ -105,33 +198,53 @@ def _session(args, config) -> int:
         kind = "simulated"
     else:
         frames = args.write_path or config.instrument.epics.write_path
-        try:
-            instrument = epics_instrument(config, prefix=args.ioc, write_path=frames)
-        except (InstrumentNotConnected, ValueError) as err:
-            print(f"talbot-lau: {err}", file=sys.stderr)
-            return 2
+        instrument = epics_instrument(config, prefix=args.ioc, write_path=frames)
         kind = f"EPICS ({args.ioc or config.instrument.epics.prefix})"
     return start_session(instrument, out, kind=kind, command=args.lines, with_monitor=args.monitor,
                          publish=args.publish, frames_dir=frames)
 
 
 def _serve_catalogue(args) -> int:
-    """``talbot-lau catalogue DIR``: the catalogue behind a tiled server, with a fresh API key."""
-    import secrets
+    """``talbot-lau catalogue DIR``: the catalogue behind a tiled server.  A directory that
+    holds no catalogue is refused (a mistyped path must not become a new, empty catalogue)
+    unless ``--create``.  The API key goes to the server through its environment, never a
+    command line, and is never printed: the server's own output is passed on (to stderr)
+    with the key masked."""
     import subprocess
 
-    from .catalogue import open_catalogue, server_command
+    from .catalogue import (
+        API_KEY_ENV,
+        CATALOG_DB,
+        open_catalogue,
+        server_api_key,
+        server_command,
+        server_environment,
+    )
 
+    if not args.create and not (Path(args.directory) / CATALOG_DB).is_file():
+        raise FileNotFoundError(f"{args.directory} is not a catalogue (no {CATALOG_DB}); "
+                                "give --create to make a new, empty one there")
     open_catalogue(args.directory, readable=args.readable).context.close()  # created if new
-    api_key = secrets.token_hex(16)
-    print(f"serving {args.directory} at http://{args.host}:{args.port}; from Python:\n"
+    key, source, key_file = server_api_key(args.directory, args.api_key_file)
+    url = f"http://{args.host}:{args.port}"
+    connect = (f"connect_catalogue({url!r}, api_key_file={str(key_file)!r})" if key_file
+               else f"connect_catalogue({url!r})  # reads ${API_KEY_ENV}")
+    print(f"serving {args.directory} at {url}; API key: {source}; from Python:\n"
           f"  from acquisition.catalogue import connect_catalogue, find_runs\n"
-          f"  catalogue = connect_catalogue('http://{args.host}:{args.port}', api_key='{api_key}')",
-          flush=True)
+          f"  catalogue = {connect}", flush=True)
+    server = subprocess.Popen(server_command(args.directory, readable=args.readable, host=args.host,
+                                             port=args.port),
+                              env=server_environment(key), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, errors="replace")
     try:
-        return subprocess.call(server_command(args.directory, readable=args.readable, api_key=api_key,
-                                              host=args.host, port=args.port))
-    except KeyboardInterrupt:
+        for line in server.stdout:  # tiled prints ?api_key=... at startup
+            sys.stderr.write(line.replace(key, "<api key>"))
+        return server.wait()
+    except KeyboardInterrupt:  # the server had the same SIGINT
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.terminate()
         return 0
 
 
@@ -159,13 +272,13 @@ def _serve_ioc(args, config) -> int:
     prefix = args.prefix or config.instrument.epics.prefix
     print(f"serving {prefix}g2, {prefix}stage:x/y, {prefix}tube:, {prefix}det:cam1:/HDF1: on "
           f"{os.environ.get('EPICS_CAS_INTF_ADDR_LIST', '127.0.0.1')} port "
-          f"{os.environ.get('EPICS_CA_SERVER_PORT', '5064')}; Ctrl-C ends", flush=True)
+          f"{os.environ.get('EPICS_CA_SERVER_PORT', '5064')}; writes from "
+          f"{' '.join(args.write_hosts) if args.write_hosts else 'loopback'} only; files under "
+          f"{args.write_path or config.instrument.epics.write_path} only; Ctrl-C ends", flush=True)
     try:
-        serve_ioc_twin(config, prefix=prefix, write_path=args.write_path, **overrides)
-    except ValueError as err:
-        print(f"talbot-lau: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
+        serve_ioc_twin(config, prefix=prefix, write_path=args.write_path, write_hosts=args.write_hosts,
+                       **overrides)
+    except KeyboardInterrupt:  # how it ends
         pass
     return 0
 
@@ -182,9 +295,9 @@ def _remote(args) -> int:
 
         publish = DerivedCollector()
         if args.publish:
-            from bluesky.callbacks.zmq import Publisher
+            from .remote import publisher
 
-            publish = Publisher(parse_address(args.publish))  # used by the worker thread only
+            publish = publisher(parse_address(args.publish))  # used by the worker thread only
         start_dispatcher(address, [run_recorder(args.out), darkfield_router(args.out, publish=publish)])
         print(f"processing documents from {address[0]}:{address[1]} into {args.out}"
               f"{'; derived runs to ' + args.publish if args.publish else ''}; Ctrl-C ends", flush=True)
@@ -203,11 +316,18 @@ def _remote(args) -> int:
     if args.process:
         callbacks.append(darkfield_router(args.out, publish=window.derived_callback))
     start_dispatcher(address, callbacks)
-    return app.exec()
+    print(f"monitoring documents from {address[0]}:{address[1]}"
+          f"{'; its processor writes into ' + args.out if args.process else ''}; "
+          "closing the window ends", flush=True)
+    try:
+        return app.exec()
+    except Exception as err:
+        raise CommandFailed() from err
 
 
-def _reconstruct(runs: list[str], out: str) -> int:
-    """Reconstruct each run; a broken one is named and the others still run."""
+def _reconstruct(runs: list[str], out: str, *, debug: bool = False) -> int:
+    """Reconstruct each run; a broken one is named (one line, or its traceback with
+    ``debug``) and the others still run."""
     from .reconstruct import reconstruct_run
 
     failures = 0
@@ -215,7 +335,7 @@ def _reconstruct(runs: list[str], out: str) -> int:
         try:
             rows = reconstruct_run(run, out)
         except (OSError, ValueError) as err:
-            print(f"talbot-lau: {err}", file=sys.stderr)
+            _report(err, debug)
             failures += 1
             continue
         summary = ", ".join(f"{r['texture']} {r['ratio']:.2f}" for r in rows) or "no clusters"

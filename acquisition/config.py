@@ -5,13 +5,32 @@ embedded defaults, or files given by the user) into a :class:`Config`.  Every ke
 checked against the dataclass it fills; the first wrong one raises :class:`ConfigError`
 naming the file and the dotted field, e.g. ``simulation.yaml: detector.binnig: unknown
 field (expected one of: ...)``.
+
+The rule for files given by the user: nothing is merged.  A file given for either kind
+replaces the embedded file of that kind entirely and must be complete: every section and
+every field the embedded file has must be there (an empty or partial file raises one
+ConfigError naming the file and all missing sections and fields).  The embedded defaults
+are used only for a kind no file was given for.  Fields the embedded files leave out
+(e.g. ``detector.gain_adu_per_kev``, ``phantom.textures``) keep the physics dataclasses'
+defaults and may be given.
+
+Every number must be finite and inside a sane physical range (``INSTRUMENT_RANGES``,
+``DETECTOR_RANGES``, ``SIMULATION_RANGES``): the detector region inside the panel, at most
+4096 pixels a side, binning 1..16, phase steps 3..64, at most 10 clusters per class, a
+time scale in [0, 10] ...; names must be ones the models know (anode, filter materials,
+textures).  The reference position must take the sample out of the detector's field
+(the read-out region projected to the sample plane), and the tube's spectrum at the
+operating point must reach the detector.  So no configuration that loads can make the
+physics engine raise, hang or need more than a few GB for a frame.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,9 +38,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
-from simulators.physics.phantom import PhantomSpec
+# the light modules of the physics engine (dataclasses, numpy): spekpy and xraydb, which
+# take seconds to import, are imported by the checks that need them, when a file is loaded
+from simulators.physics.phantom import TEXTURES, PhantomSpec
 from simulators.physics.setup import (
     Detector,
     Geometry,
@@ -146,14 +168,24 @@ def default_config_dir() -> Path:
 def load_config(
     instrument: str | Path | None = None, simulation: str | Path | None = None
 ) -> Config:
-    """Load, validate and combine the two YAML files (None = the embedded default)."""
+    """Load, validate and combine the two YAML files (None = the embedded default).
+
+    A file given here must be complete (every section and field of the embedded file of
+    its kind); every value is checked against its type and a physical range.  Raises one
+    :class:`ConfigError` naming the file and the dotted field of the first problem.
+    """
     instrument_path = Path(instrument) if instrument else default_config_dir() / "instrument.yaml"
     simulation_path = Path(simulation) if simulation else default_config_dir() / "simulation.yaml"
     instrument_text = _read(instrument_path)
     simulation_text = _read(simulation_path)
-    inst = build(InstrumentConfig, _parse(instrument_text, instrument_path), instrument_path.name)
-    sim = build(SimulationConfig, _parse(simulation_text, simulation_path), simulation_path.name)
-    detector = _override(inst.detector, sim.detector, simulation_path.name)
+    inst_where, sim_where = instrument_path.name, simulation_path.name
+    inst_data = _parse(instrument_text, instrument_path)
+    sim_data = _parse(simulation_text, simulation_path)
+    inst = build(InstrumentConfig, inst_data, inst_where)
+    sim = build(SimulationConfig, sim_data, sim_where)
+    detector = _override(inst.detector, sim.detector, sim_where)
+    _complete(inst_data, _template("instrument.yaml"), inst_where)
+    _complete(sim_data, _template("simulation.yaml"), sim_where)
     setup = Setup(
         geometry=inst.geometry,
         gratings=inst.gratings,
@@ -161,35 +193,94 @@ def load_config(
         detector=detector,
         interferometer=sim.interferometer,
     )
-    _check_instrument(inst, instrument_path.name)
-    _check_simulation(sim, setup, simulation_path.name)
+    _check_instrument(inst, inst_where)
+    _check_simulation(sim, setup, sim_where, inst_where)
+    _check_reference_field(inst, setup, inst_where)
+    _check_spectrum(inst, setup, inst_where)
     digest = hashlib.sha256((instrument_text + "\0" + simulation_text).encode()).hexdigest()
     return Config(instrument=inst, simulation=sim, setup=setup, digest=digest)
 
 
+MAX_FILE_BYTES = 1 << 20
+"""A configuration file is a page of YAML; anything bigger is not one (and /dev/zero never ends)."""
+
+
 def _read(path: Path) -> str:
     try:
-        return path.read_text()
+        with open(path, "rb") as stream:
+            raw = stream.read(MAX_FILE_BYTES + 1)
     except OSError as err:
         raise ConfigError(f"{path}: cannot read configuration file ({err.strerror})") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_FILE_BYTES // 1024} KiB, not a configuration file")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
 
 
 def _parse(text: str, path: Path) -> dict:
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
+    except (yaml.YAMLError, RecursionError) as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path.name}: expected a mapping of sections at the top level")
+        raise ConfigError(f"{path.name}: expected a mapping of sections at the top level, "
+                          f"got {type(data).__name__} {_short(data)}")
     return data
+
+
+@functools.lru_cache(maxsize=2)
+def _template(name: str) -> dict:
+    """The embedded file ``name`` parsed: the keys a user's file of that kind must have."""
+    path = default_config_dir() / name
+    return _parse(_read(path), path)
+
+
+def _complete(data: dict, template: dict, where: str) -> None:
+    """Refuse a file missing any section or field the embedded file of its kind has."""
+    sections, fields = [], []
+
+    def walk(have: dict, want: dict, prefix: str) -> None:
+        for key, value in want.items():
+            if key not in have:
+                if not prefix and isinstance(value, dict):
+                    sections.append(key)
+                else:
+                    fields.append(prefix + key)
+            elif isinstance(value, dict) and isinstance(have[key], dict):
+                walk(have[key], value, f"{prefix}{key}.")
+
+    walk(data, template, "")
+    if not sections and not fields:
+        return
+    parts = []
+    if sections:
+        parts.append(f"missing section{'s' if len(sections) > 1 else ''} {', '.join(sections)}")
+    if fields:
+        parts.append(f"missing field{'s' if len(fields) > 1 else ''} {', '.join(fields)}")
+    what = "empty file: " if not data else ""
+    raise ConfigError(f"{where}: {what}{'; '.join(parts)} (a configuration file given by the "
+                      "user must be complete; the embedded configs/ files show every key)")
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 4, 4, 40, 40
+
+
+def _short(value) -> str:
+    """A bounded repr (a YAML alias bomb must not be printed in full)."""
+    text = _REPR.repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def build(cls: type, data: Any, where: str, prefix: str = ""):
     """Build dataclass ``cls`` from a mapping, checking every key and value type."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'top level'}: expected a mapping")
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'top level'}: expected a mapping, "
+                          f"got {_short(data)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     values = {}
@@ -220,35 +311,45 @@ def _convert(hint, value, where: str, name: str):
         return build(hint, value, where, name + ".")
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: {name}: expected true or false, got {value!r}")
+            raise ConfigError(f"{where}: {name}: expected true or false, got {_short(value)}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: {name}: expected a whole number, got {value!r}")
+            raise ConfigError(f"{where}: {name}: expected a whole number, got {_short(value)}")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: {name}: expected a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ConfigError(f"{where}: {name}: expected a finite number, got {value!r}")
-        return float(value)
+            raise ConfigError(f"{where}: {name}: expected a number, got {_short(value)}")
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: {name}: expected a finite number, got {_short(value)}")
+        return number
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: {name}: expected text, got {value!r}")
+            raise ConfigError(f"{where}: {name}: expected text, got {_short(value)}")
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: {name}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: {name}: expected a list, got {_short(value)}")
         if len(args) == 2 and args[1] is Ellipsis:
+            if len(value) > MAX_LIST:
+                raise ConfigError(f"{where}: {name}: at most {MAX_LIST} entries, got {len(value)}")
             return tuple(_convert(args[0], v, where, f"{name}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
             raise ConfigError(f"{where}: {name}: expected {len(args)} values, got {len(value)}")
         return tuple(_convert(a, v, where, f"{name}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: {name}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: {name}: expected a mapping, got {_short(value)}")
         return dict(value)
     return value
+
+
+MAX_LIST = 16
+"""Longest list a configuration field takes (filters, textures)."""
 
 
 def _require(condition: bool, where: str, name: str, message: str) -> None:
@@ -256,47 +357,177 @@ def _require(condition: bool, where: str, name: str, message: str) -> None:
         raise ConfigError(f"{where}: {name}: {message}")
 
 
+def _get(obj, dotted: str):
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _in_range(value, interval: str, where: str, name: str, unit: str = "") -> None:
+    """``interval`` like "(0, 1e4]": open ( ), closed [ ]; the value must lie inside."""
+    low_text, high_text = interval[1:-1].split(",")
+    low, high = float(low_text), float(high_text)
+    above = value > low if interval[0] == "(" else value >= low
+    below = value < high if interval[-1] == ")" else value <= high
+    unit = f" {unit}" if unit else ""
+    _require(above and below, where, name, f"must be in {interval}{unit}, got {value:g}")
+
+
+# Sane physical ranges of the numeric fields, as "(low, high]" intervals with units.  They
+# catch typos and absurd values; the real setup (paper, Methods) sits well inside them.
+MAX_PANEL_SIDE = 4096
+"""Largest panel side (pixels): a full frame of the physics engine then needs about 2 GB."""
+SPECTRUM_KV = (10.0, 50.0)
+"""kVp range of spekpy's model for a Mo (or any non-W) anode; W reaches 500 kV."""
+SEED_MAX = 2**31 - 1
+
+INSTRUMENT_RANGES = {
+    **{f"geometry.{name}": ("[0.1, 10000]", "mm") for name in
+       ("source_g0_mm", "g0_g1_mm", "g1_g2_mm", "g2_detector_mm", "sample_g1_mm")},
+    **{f"gratings.{name}": ("[0.1, 1000]", "um") for name in
+       ("g0_period_um", "g1_period_um", "g2_period_um")},
+    "gratings.g0_gold_um": ("(0, 1000]", "um"),
+    "gratings.g2_gold_um": ("(0, 1000]", "um"),
+    "gratings.g1_phase_shift_pi": ("[0, 2]", "pi"),
+    "gratings.design_energy_kev": ("[1, 200]", "keV"),
+    "gratings.talbot_order": ("[1, 99]", ""),
+    "gratings.duty_cycle": ("(0, 1)", ""),
+    "gratings.g1_substrate_um": ("(0, 10000]", "um"),
+    "gratings.g2_substrate_um": ("(0, 10000]", "um"),
+    "source.anode_angle_deg": ("(0, 90)", "deg"),
+    "source.focal_spot_mm": ("(0, 10]", "mm"),
+    "tube.kv_max": (f"[{SPECTRUM_KV[0]:g}, 500]", "kV"),
+    "tube.ma_max": ("(0, 1000]", "mA"),
+    "g2.settle_s": ("[0, 10]", "s"),
+    "g2.tolerance_um": ("(0, 1]", "um"),
+    "scan.steps": ("[3, 64]", ""),
+    "scan.max_exposure_s": ("(0, 3600]", "s"),
+    "scan.dark_frames": ("[0, 100]", ""),
+    "scan.max_frame_s": ("(0, 60]", "s"),
+    "dose.mgd_rate_mgy_per_s": ("(0, 100]", "mGy/s"),
+    "dose.reference_kv": ("[10, 150]", "kV"),
+    "dose.reference_ma": ("(0, 1000]", "mA"),
+    "dose.reference_thickness_mm": ("[1, 150]", "mm"),
+    "dose.budget_mgy": ("(0, 10000]", "mGy"),
+}
+
+DETECTOR_RANGES = {
+    "pixel_um": ("[1, 1000]", "um"),
+    "rows": (f"[1, {MAX_PANEL_SIDE}]", "pixels"),
+    "columns": (f"[1, {MAX_PANEL_SIDE}]", "pixels"),
+    "binning": ("[1, 16]", ""),
+    "scintillator_um": ("[10, 5000]", "um"),
+    "gain_adu_per_kev": ("(0, 100]", "ADU/keV"),
+    "read_noise_adu": ("[0, 1000]", "ADU"),
+    "offset_adu": ("[0, 65535]", "ADU"),
+    "dark_current_adu_per_s": ("[0, 1000]", "ADU/s"),
+    "saturation_adu": ("[1, 65535]", "ADU"),
+    "swank_factor": ("[0.1, 1]", ""),
+    "offset_drift_adu_per_h": ("[-1000, 1000]", "ADU/h"),
+    "lag_fraction": ("[0, 1)", ""),
+    "defect_fraction": ("[0, 0.5]", ""),
+    "defect_seed": (f"[0, {SEED_MAX}]", ""),
+}
+
+SIMULATION_RANGES = {
+    "time_scale": ("[0, 10]", "wall s per recorded s"),
+    "seed": (f"[0, {SEED_MAX}]", ""),
+    "interferometer.visibility_variation": ("[0, 1]", ""),
+    "interferometer.moire_periods": ("[-100, 100]", ""),
+    "interferometer.moire_angle_deg": ("[-360, 360]", "deg"),
+    "interferometer.step_error_um": ("[-10, 10]", "um"),
+    "interferometer.step_jitter_um": ("[0, 10]", "um"),
+    "interferometer.phase_drift_rad_per_s": ("[-10, 10]", "rad/s"),
+    "interferometer.flux_fluctuation": ("[0, 1]", ""),
+    "phantom.slab.thickness_mm": ("(0, 150]", "mm"),
+    "phantom.slab.glandularity": ("[0, 1]", ""),
+    "phantom.slab.width_mm": ("(0, 1000]", "mm"),
+    "phantom.slab.height_mm": ("(0, 1000]", "mm"),
+    "phantom.slab.dark_field_per_mm": ("[0, 10]", "1/mm"),
+    "phantom.slab.edge_mm": ("[0, 100]", "mm"),
+    "phantom.clusters_per_class": ("[0, 10]", ""),
+    "phantom.spacing_mm": ("(0, 1000]", "mm"),
+    "phantom.seed": (f"[0, {SEED_MAX}]", ""),
+}
+
+
+def _check_ranges(obj, ranges: dict, where: str, prefix: str = "") -> None:
+    for name, (interval, unit) in ranges.items():
+        _in_range(_get(obj, name), interval, where, prefix + name, unit)
+
+
 def _check_instrument(inst: InstrumentConfig, where: str) -> None:
     """Physical ranges the types alone do not say."""
-    for section in ("geometry", "gratings"):
-        for f in dataclasses.fields(getattr(inst, section)):
-            value = getattr(getattr(inst, section), f.name)
-            if isinstance(value, float) and f.name != "g1_phase_shift_pi":
-                _require(value > 0, where, f"{section}.{f.name}", f"must be > 0, got {value}")
-    _require(0 < inst.gratings.duty_cycle < 1, where, "gratings.duty_cycle", "must be in (0, 1)")
-    _require(inst.detector.rows > 0 and inst.detector.columns > 0, where, "detector.rows", "must be > 0")
-    _require(inst.detector.pixel_um > 0, where, "detector.pixel_um", "must be > 0")
+    _check_ranges(inst, INSTRUMENT_RANGES, where)
+    geometry = inst.geometry
+    _require(geometry.sample_g1_mm < geometry.g0_g1_mm, where, "geometry.sample_g1_mm",
+             f"the sample must sit between G0 and G1 (< g0_g1_mm = {geometry.g0_g1_mm:g} mm)")
+    for i, size in enumerate(inst.gratings.g2_field_mm):
+        _in_range(size, "[1, 1000]", where, f"gratings.g2_field_mm[{i}]", "mm")
+    source = inst.source
+    _require(source.target in SPECTRUM_TARGETS, where, "source.target",
+             f"{source.target!r} is not an anode the spectrum model knows "
+             f"({', '.join(SPECTRUM_TARGETS)})")
+    materials = _filter_materials()
+    for i, (material, thickness) in enumerate(source.filtration):
+        _require(material in materials, where, f"source.filtration[{i}][0]",
+                 f"{material!r} is not a spekpy material (e.g. Al, Be, Si, Cu, Mo, Rh)")
+        _in_range(thickness, "[0, 100]", where, f"source.filtration[{i}][1]", "mm")
+    _check_ranges(inst.detector, DETECTOR_RANGES, where, "detector.")
     tube = inst.tube
-    _require(0 < tube.kv <= tube.kv_max, where, "tube.kv", f"must be in (0, kv_max={tube.kv_max}]")
-    _require(0 < tube.ma <= tube.ma_max, where, "tube.ma", f"must be in (0, ma_max={tube.ma_max}]")
-    _limits(inst.g2.limits_um, where, "g2.limits_um")
-    _require(inst.g2.settle_s >= 0, where, "g2.settle_s", "must be >= 0")
-    _require(inst.g2.tolerance_um > 0, where, "g2.tolerance_um", "must be > 0")
+    kv_top = 500.0 if source.target == "W" else SPECTRUM_KV[1]
+    _require(tube.kv_max <= kv_top, where, "tube.kv_max",
+             f"{tube.kv_max:g} kV is above the {source.target} anode's {kv_top:g} kV "
+             "of the spectrum model")
+    _require(SPECTRUM_KV[0] <= tube.kv <= tube.kv_max, where, "tube.kv",
+             f"must be in [{SPECTRUM_KV[0]:g}, kv_max={tube.kv_max:g}] kV, got {tube.kv:g}")
+    _require(0 < tube.ma <= tube.ma_max, where, "tube.ma",
+             f"must be in (0, ma_max={tube.ma_max:g}] mA, got {tube.ma:g}")
+    g2 = inst.g2
+    _limits(g2.limits_um, where, "g2.limits_um", 1000.0, "um")
+    period, steps = inst.gratings.g2_period_um, inst.scan.steps
+    last = g2.start_um + period * (steps - 1) / steps
+    _require(g2.limits_um[0] <= g2.start_um and last <= g2.limits_um[1], where, "g2.start_um",
+             f"the {steps} phase steps {g2.start_um:g}..{last:.3f} um leave g2.limits_um "
+             f"{g2.limits_um[0]:g}..{g2.limits_um[1]:g} um")
     stage = inst.stage
-    _limits(stage.x_limits_mm, where, "stage.x_limits_mm")
-    _limits(stage.y_limits_mm, where, "stage.y_limits_mm")
+    _limits(stage.x_limits_mm, where, "stage.x_limits_mm", 1000.0, "mm")
+    _limits(stage.y_limits_mm, where, "stage.y_limits_mm", 1000.0, "mm")
     for name in ("sample_position_mm", "reference_position_mm"):
         x, y = getattr(stage, name)
         _require(
             stage.x_limits_mm[0] <= x <= stage.x_limits_mm[1]
             and stage.y_limits_mm[0] <= y <= stage.y_limits_mm[1],
-            where, f"stage.{name}", f"({x}, {y}) is outside the stage limits",
+            where, f"stage.{name}", f"({x:g}, {y:g}) is outside the stage limits",
         )
     scan = inst.scan
-    _require(scan.steps >= 3, where, "scan.steps", f"need at least 3 phase steps, got {scan.steps}")
     _require(0 < scan.exposure_s <= scan.max_exposure_s, where, "scan.exposure_s",
-             f"must be in (0, max_exposure_s={scan.max_exposure_s}]")
-    _require(scan.dark_frames >= 0, where, "scan.dark_frames", "must be >= 0")
-    _require(scan.max_frame_s > 0, where, "scan.max_frame_s", "must be > 0")
-    for f in dataclasses.fields(inst.dose):
-        value = getattr(inst.dose, f.name)
-        _require(value > 0, where, f"dose.{f.name}", f"must be > 0, got {value}")
+             f"must be in (0, max_exposure_s={scan.max_exposure_s:g}] s, got {scan.exposure_s:g}")
+    epics = inst.epics
+    _require(bool(epics.prefix) and not any(c.isspace() for c in epics.prefix), where,
+             "epics.prefix", f"must be a PV prefix without spaces, got {epics.prefix!r}")
+    _require(bool(epics.write_path.strip()), where, "epics.write_path", "must not be empty")
 
 
-def _check_simulation(sim: SimulationConfig, setup: Setup, where: str) -> None:
-    _require(sim.time_scale >= 0, where, "time_scale", "must be >= 0")
+SPECTRUM_TARGETS = ("Mo", "Rh", "W", "Cr", "Cu", "Ag", "Au")
+"""Anodes of spekpy's model."""
+
+
+@functools.lru_cache(maxsize=1)
+def _filter_materials() -> frozenset[str]:
+    """Material names spekpy can filter with (its bundled and user composition files)."""
+    import spekpy.IO
+
+    user, bundled = spekpy.IO.get_matls()
+    return frozenset(user) | frozenset(bundled)
+
+
+def _check_simulation(sim: SimulationConfig, setup: Setup, where: str, inst_where: str) -> None:
+    _check_ranges(sim, SIMULATION_RANGES, where)
     det = setup.detector
-    _require(det.binning >= 1, where, "detector.binning", "must be >= 1")
+    for name, (interval, unit) in DETECTOR_RANGES.items():  # the merged detector: name the file
+        _in_range(getattr(det, name), interval, where if name in sim.detector else inst_where,
+                  f"detector.{name}", unit)
     if det.region is not None:
         row0, col0, rows, cols = det.region
         _require(
@@ -307,8 +538,61 @@ def _check_simulation(sim: SimulationConfig, setup: Setup, where: str) -> None:
         )
         _require(rows >= det.binning and cols >= det.binning, where, "detector.region",
                  "smaller than one binned pixel")
-    _require(sim.phantom.clusters_per_class >= 0, where, "phantom.clusters_per_class", "must be >= 0")
+    else:
+        _require(det.rows >= det.binning and det.columns >= det.binning, where, "detector.binning",
+                 f"{det.binning} is larger than the {det.rows} x {det.columns} detector")
+    _require(det.offset_adu < det.saturation_adu, where, "detector.offset_adu",
+             f"{det.offset_adu:g} ADU is not below saturation_adu={det.saturation_adu}")
+    phantom = sim.phantom
+    _require(bool(phantom.textures), where, "phantom.textures", "give at least one class")
+    for i, texture in enumerate(phantom.textures):
+        _require(texture in TEXTURES, where, f"phantom.textures[{i}]",
+                 f"{texture!r} is not a class (expected one of: {', '.join(TEXTURES)})")
+    from simulators.physics.materials import MATERIALS
+
+    _require(phantom.material in MATERIALS, where, "phantom.material",
+             f"{phantom.material!r} is not a known material (expected one of: {', '.join(MATERIALS)})")
+    _require(phantom.slab.embedding in ("paraffin", "native"), where, "phantom.slab.embedding",
+             f"expected paraffin or native, got {phantom.slab.embedding!r}")
+    half = min(phantom.slab.width_mm, phantom.slab.height_mm) / 2
+    _require(phantom.slab.edge_mm <= half, where, "phantom.slab.edge_mm",
+             f"{phantom.slab.edge_mm:g} mm is more than half the slab ({half:g} mm)")
 
 
-def _limits(pair: tuple[float, float], where: str, name: str) -> None:
-    _require(pair[0] < pair[1], where, name, f"low limit {pair[0]} must be below high limit {pair[1]}")
+def sample_field_mm(setup: Setup) -> tuple[float, float]:
+    """(height, width) mm of the detector's read-out field projected to the sample plane:
+    what one frame (one mosaic tile) sees of the sample."""
+    det = setup.detector
+    rows, cols = (det.region[2], det.region[3]) if det.region else (det.rows, det.columns)
+    pixel_mm = det.pixel_um / 1000.0 / setup.geometry.magnification
+    return rows * pixel_mm, cols * pixel_mm
+
+
+def _check_reference_field(inst: InstrumentConfig, setup: Setup, where: str) -> None:
+    """The reference position must put the sample's field out of the detector's field."""
+    height, width = sample_field_mm(setup)
+    (sx, sy), (rx, ry) = inst.stage.sample_position_mm, inst.stage.reference_position_mm
+    _require(abs(rx - sx) >= width or abs(ry - sy) >= height, where, "stage.reference_position_mm",
+             f"({rx:g}, {ry:g}) mm leaves the sample at sample_position_mm ({sx:g}, {sy:g}) mm in "
+             f"the {height:.1f} x {width:.1f} mm (height x width) field of view: move it at least "
+             f"{width:.1f} mm in x or {height:.1f} mm in y away")
+
+
+def _check_spectrum(inst: InstrumentConfig, setup: Setup, where: str) -> None:
+    """The simulated tube's spectrum at the operating point must reach the detector."""
+    from simulators.physics.spectrum import spectrum_at_detector
+
+    try:
+        with np.errstate(all="ignore"):
+            spectrum = spectrum_at_detector(inst.tube.kv, setup.source, setup.geometry, setup.detector)
+    except Exception as err:  # spekpy raises bare Exception for what it refuses
+        raise ConfigError(f"{where}: source: the spectrum model refuses it: {err}") from None
+    _require(spectrum.energies_kev.size > 0 and bool(np.all(np.isfinite(spectrum.photons_per_mm2_mas))),
+             where, "source.filtration",
+             "no X-rays reach the detector through this filtration, air path and screen")
+
+
+def _limits(pair: tuple[float, float], where: str, name: str, bound: float, unit: str) -> None:
+    _require(pair[0] < pair[1], where, name, f"low limit {pair[0]:g} must be below high limit {pair[1]:g}")
+    _require(-bound <= pair[0] and pair[1] <= bound, where, name,
+             f"limits {pair[0]:g}..{pair[1]:g} {unit} exceed +-{bound:g} {unit}")

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import math
 
-from simulators.physics.materials import mu_per_mm
-
 from .config import DoseConfig
 
 EFFECTIVE_KEV = 20.0
 
 
 def _depth_average(thickness_mm: float) -> float:
+    from simulators.physics.materials import mu_per_mm  # xraydb: seconds to import, so on first use
+
     mu = float(mu_per_mm("breast", EFFECTIVE_KEV, 0.5))
     return (1 - math.exp(-mu * thickness_mm)) / (mu * thickness_mm)
 

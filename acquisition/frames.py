@@ -5,9 +5,17 @@ first axis), written by the PaxScan IOC and by its twin alike; ``TL_DERIVED_HDF5
 processor's derived NeXus file (NXdata ``/entry/<name>``, signal ``data``).  Both open files
 in SWMR mode so frames can be read while the writer still appends.  A broken or missing file raises
 :class:`FrameReadError` naming the file.
+
+Consumers that must not read files where they receive documents (the live processor gets
+them on the RunEngine's thread) keep a :class:`FrameRef` per frame (``frame_ref(resource,
+datum)``) and read it later, in a worker, through a :class:`FrameLoader`: the same handler.
 """
 
 from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
 
 import h5py
 import numpy as np
@@ -105,3 +113,54 @@ def image_key(descriptor: dict) -> str | None:
 
 HANDLERS = {"AD_HDF5": HDF5FrameHandler, "TL_DERIVED_HDF5": DerivedImageHandler}
 """The handler registry for ``event_model.Filler`` / ``RunRouter``."""
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    """Where one frame is: point ``point`` of the ``AD_HDF5`` file ``file`` (read later)."""
+
+    file: str
+    point: int
+    frame_per_point: int = 1
+
+    def __str__(self) -> str:
+        return f"{self.file} point {self.point}"
+
+
+def frame_ref(resource: dict, datum: dict) -> FrameRef:
+    """The FrameRef of a Datum of an ``AD_HDF5`` Resource (raises FrameReadError otherwise)."""
+    if resource.get("spec") != "AD_HDF5":
+        raise FrameReadError(f"{resource.get('resource_path')}: spec {resource.get('spec')!r} "
+                             "is not a frame file (AD_HDF5)")
+    kwargs = resource.get("resource_kwargs") or {}
+    return FrameRef(os.path.join(resource.get("root") or "/", resource["resource_path"]),
+                    int(datum["datum_kwargs"]["point_number"]), int(kwargs.get("frame_per_point", 1)))
+
+
+class FrameLoader:
+    """Reads :class:`FrameRef` s (an array is passed through), one open handler per file;
+    ``close()`` (or ``with``) closes the files."""
+
+    def __init__(self):
+        self._handlers: dict[tuple[str, int], HDF5FrameHandler] = {}
+
+    def __call__(self, ref) -> np.ndarray:
+        if not isinstance(ref, FrameRef):
+            return np.asarray(ref)
+        key = (ref.file, ref.frame_per_point)
+        handler = self._handlers.get(key)
+        if handler is None:
+            handler = self._handlers[key] = HDF5FrameHandler(ref.file, ref.frame_per_point)
+        return handler(ref.point)
+
+    def close(self) -> None:
+        handlers, self._handlers = self._handlers, {}
+        for handler in handlers.values():
+            with contextlib.suppress(OSError, RuntimeError, ValueError):  # a file broken while open
+                handler.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

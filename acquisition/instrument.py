@@ -43,11 +43,14 @@ def twin_options(config: Config) -> dict:
 
 
 def serve_ioc_twin(config: Config | None = None, *, prefix: str | None = None,
-                   write_path: str | Path | None = None, phantom=None, **overrides) -> None:
+                   write_path: str | Path | None = None, phantom=None,
+                   write_hosts: list[str] | tuple[str, ...] | None = None, **overrides) -> None:
     """Serve the Channel Access twins of ``config`` until SIGINT (``talbot-lau ioc``).
 
     On the interfaces of ``EPICS_CAS_INTF_ADDR_LIST`` (loopback when unset) and the port
     ``EPICS_CA_SERVER_PORT`` (5064 when unset); ``overrides`` replace ``twin_options``.
+    Everyone reads; only clients at ``write_hosts`` (names, addresses or networks;
+    loopback when None) write; the detector writes files only under ``write_path``.
     """
     from simulators.ioc import run_ioc
     from simulators.physics import build_phantom
@@ -56,6 +59,8 @@ def serve_ioc_twin(config: Config | None = None, *, prefix: str | None = None,
     inst = config.instrument
     options = twin_options(config) | dict(g2_start_um=inst.g2.start_um, kv=inst.tube.kv,
                                           ma=inst.tube.ma) | overrides
+    if write_hosts is not None:
+        options["write_hosts"] = tuple(write_hosts)
     run_ioc(inst.epics.prefix if prefix is None else prefix, config.setup,
             build_phantom(config.simulation.phantom) if phantom is None else phantom,
             write_path=write_path or inst.epics.write_path, **options)

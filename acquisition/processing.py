@@ -1,23 +1,36 @@
 """On-the-fly dark-field processing that follows the documents (DESIGN.md rule 5).
 
-``darkfield_router(out_dir, publish)`` is an ``event_model.RunRouter`` that fills frames
-through our one loader (``acquisition.frames.HANDLERS``) and gives every phase-stepping run
-a :class:`ProjectionProcessor`.  When a projection's dark, reference and sample sets are
-complete it retrieves T, V and dphi, segments and classifies the calcification clusters
-(paper Table 1), writes the derived images to NeXus (``acquisition.derived_store``, linked
-to the run record ``run_<uid8>.nxs`` expected in the same directory) and publishes a derived
-run of its own (``event_model.compose_run``, linked by ``parent_uid``) to ``publish(name, doc)``.
-The work runs in a worker thread (the RunEngine never waits for it). A processor that
-fails reports the error in its derived run's stop document; it never raises into the
-RunEngine.
+``darkfield_router(out_dir, publish)`` is an ``event_model.RunRouter`` that gives every
+phase-stepping run a :class:`ProjectionProcessor`.  Where it receives the documents (on
+the RunEngine's thread, or a :class:`DocumentBuffer`'s) it only takes notes: each frame's
+file reference (:class:`acquisition.frames.FrameRef`, nothing is read there), G2 position,
+tile and shutter reading, sorted into dark, reference and sample sets.  When a
+projection's sets are complete, a worker thread reads the frames through the one loader
+(:class:`acquisition.frames.FrameLoader`), checks that every frame saw the beam
+(:func:`acquisition.projection.check_beam`), retrieves T, V and dphi, segments and
+classifies the calcification clusters (paper Table 1), writes the derived images to NeXus
+(``acquisition.derived_store``, linked to the run record ``run_<uid8>.nxs`` expected in
+the same directory) and publishes a derived run of its own (``event_model.compose_run``,
+linked by ``parent_uid``) to ``publish(name, doc)``.
+
+Nothing of this reaches the scan: a frame that cannot be read, a set without beam, a
+failed retrieval, classification or write ends the derived run with exit_status "fail"
+and the reason in its stop document; an exception while taking notes is logged and
+reported the same way at the run's stop; ``publish`` errors are logged.  The RunEngine
+never waits for the worker (``router.wait()`` does).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import logging
+import queue
 import tempfile
-from concurrent.futures import Future, ThreadPoolExecutor
+import threading
+import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,8 +38,14 @@ import event_model
 import numpy as np
 
 from .derived_store import IMAGES, derived_name, write_derived
-from .frames import HANDLERS, image_key
-from .projection import ProjectionFrames, SetAssembler, analyse_mosaic, analyse_projection
+from .frames import FrameLoader, frame_ref, image_key
+from .projection import (
+    ProjectionFrames,
+    SetAssembler,
+    analyse_mosaic,
+    analyse_projection,
+    shutter_open,
+)
 from .run_record import record_name
 
 log = logging.getLogger(__name__)
@@ -34,33 +53,210 @@ log = logging.getLogger(__name__)
 Publish = Callable[[str, dict], None]
 
 
+class Worker:
+    """One daemon thread running submitted jobs in order.
+
+    ``submit`` never blocks and never raises into its caller (a full queue drops the job
+    and logs an error); a job's exception is logged.  ``wait(timeout)`` waits until every
+    job submitted so far is done; ``close(timeout)`` then stops the thread.  Both are
+    bounded, so a stuck job cannot hang the session's exit (the thread is a daemon and an
+    ``atexit`` hook closes it with a timeout)."""
+
+    def __init__(self, name: str, maxsize: int = 0, exit_timeout: float = 30.0):
+        self.name = name
+        self._queue: queue.Queue = queue.Queue(maxsize)
+        self._idle = threading.Condition()
+        self._pending = 0
+        self._closed = False
+        self.dropped = 0
+        self.failed = 0
+        ref = weakref.ref(self)  # the thread ends when the Worker is dropped
+        self._thread = threading.Thread(target=_serve, args=(ref, self._queue), name=name, daemon=True)
+        self._thread.start()
+        self._atexit = lambda: (w := ref()) is not None and w.close(exit_timeout)
+        atexit.register(self._atexit)
+
+    def submit(self, job: Callable[[], object]) -> bool:
+        """Queue ``job``; False (and an error logged) if closed or full."""
+        with self._idle:
+            closed = self._closed
+            if not closed:
+                self._pending += 1
+        if not closed:
+            try:
+                self._queue.put_nowait(job)
+                return True
+            except queue.Full:
+                with self._idle:
+                    self._pending -= 1
+                    self._idle.notify_all()
+        self.dropped += 1
+        if self.dropped == 1 or self.dropped % 1000 == 0:
+            log.error("%s: %s, %d jobs dropped so far", self.name, "closed" if closed else
+                      f"queue full ({self._queue.maxsize}): the consumer cannot keep up", self.dropped)
+        return False
+
+    def _execute(self, job) -> None:
+        try:
+            job()
+        except Exception:
+            self.failed += 1
+            log.exception("%s: job failed", self.name)
+        finally:
+            with self._idle:
+                self._pending -= 1
+                self._idle.notify_all()
+
+    @property
+    def pending(self) -> int:
+        """Jobs submitted and not finished yet."""
+        return self._pending
+
+    def wait(self, timeout: float | None = 60.0) -> bool:
+        """Wait until every job submitted so far is done; False if ``timeout`` (s) passed first."""
+        if threading.current_thread() is self._thread:
+            return self._pending <= 1
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._idle:
+            while self._pending:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    def close(self, timeout: float | None = 30.0) -> bool:
+        """Finish the queued jobs (at most ``timeout`` s), then stop; True if all were done."""
+        with self._idle:
+            if self._closed:
+                return not self._thread.is_alive() or self._pending == 0
+            self._closed = True
+        atexit.unregister(self._atexit)
+        done = self.wait(timeout)
+        try:
+            self._queue.put_nowait(None)
+        except queue.Full:  # still busy with a full queue: the daemon thread is left behind
+            pass
+        if threading.current_thread() is not self._thread:
+            self._thread.join(0 if not done else (5.0 if timeout is None else min(timeout, 5.0)))
+        if not done:
+            log.error("%s: %d jobs still pending after %s s; given up", self.name, self._pending, timeout)
+        return done
+
+
+def _serve(ref, jobs: queue.Queue) -> None:
+    """A Worker's thread: runs its jobs until ``None`` comes or the Worker is gone."""
+    while True:
+        try:
+            job = jobs.get(timeout=5.0)
+        except queue.Empty:
+            if ref() is None:
+                return
+            continue
+        worker = ref()
+        if job is None or worker is None:
+            return
+        worker._execute(job)
+        del worker, job
+
+
+class DocumentBuffer:
+    """A RunEngine subscriber that hands every document to ``target`` in a thread of its
+    own, so slow consumers (file and catalogue writers, the processor's note-taking, Qt
+    signals) never hold the RunEngine's loop: suspenders and Ctrl-C keep answering.
+
+    Instead of ``bluesky.callbacks.buffer.BufferingWrapper`` (bluesky 1.15), which is
+    close but unfit here: its ``put`` blocks without timeout (its ``Full`` branch is
+    unreachable) so a stuck consumer with a full queue stalls the RunEngine; it raises
+    into the RunEngine after shutdown (failing a scan); it offers no way to wait for the
+    queue to drain short of shutting down (no ``task_done``), and its ``shutdown`` and
+    ``atexit`` hook join the thread without a timeout.  Here ``__call__`` never blocks or
+    raises, ``drain(timeout)`` waits for what was queued so far, ``close(timeout)`` is
+    bounded.  Documents are passed on as they are: consumers must not edit them."""
+
+    def __init__(self, target: Publish, name: str | None = None, maxsize: int = 1_000_000):
+        self.target = target
+        self.name = name or getattr(target, "__name__", type(target).__name__)
+        self.worker = Worker(f"buffer-{self.name}", maxsize)
+
+    def __call__(self, name: str, doc: dict) -> None:
+        self.worker.submit(functools.partial(self.target, name, doc))
+
+    def drain(self, timeout: float | None = 60.0) -> bool:
+        """Wait until every document received so far has been handed on."""
+        return self.worker.wait(timeout)
+
+    def close(self, timeout: float | None = 60.0) -> bool:
+        return self.worker.close(timeout)
+
+    def __repr__(self) -> str:
+        return f"DocumentBuffer({self.name}, pending={self.worker.pending})"
+
+
+class _KeepReferences(event_model.DocumentRouter):
+    """The RunRouter's "filler" that fills nothing: frames are read in the worker."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def descriptor(self, doc):
+        return doc
+
+    def event_page(self, doc):
+        return doc
+
+    def datum_page(self, doc):
+        return doc
+
+    def resource(self, doc):
+        return doc
+
+    def stream_resource(self, doc):
+        return doc
+
+    def stream_datum(self, doc):
+        return doc
+
+
 class DarkFieldRouter(event_model.RunRouter):
     """The RunRouter of :func:`darkfield_router`; ``wait()`` blocks until every projection
-    handed to the worker thread is processed and published."""
+    handed to the worker thread is processed and published.  It never raises into its
+    caller (the RunEngine): a document it cannot route is logged."""
 
-    def __init__(self, factories, worker: ThreadPoolExecutor | None):
-        super().__init__(factories, handler_registry=HANDLERS)
+    def __init__(self, factories, worker: Worker | None):
+        super().__init__(factories, filler_class=_KeepReferences)
         self.worker = worker
-        self.pending: list[Future] = []
+
+    def __call__(self, name, doc, *args, **kwargs):
+        try:
+            return super().__call__(name, doc, *args, **kwargs)
+        except Exception:
+            log.exception("dark-field processor: %s document not handled (the scan goes on)", name)
+            return name, doc
 
     def submit(self, job) -> None:
         if self.worker is None:
             job()
         else:
-            self.pending.append(self.worker.submit(job))
+            self.worker.submit(job)
 
     def wait(self, timeout: float | None = 60.0) -> None:
-        futures, self.pending = self.pending, []
-        for future in futures:
-            future.result(timeout=timeout)
+        """Wait for every submitted projection; raises TimeoutError after ``timeout`` s."""
+        if self.worker is not None and not self.worker.wait(timeout):
+            raise TimeoutError(f"dark-field processing still busy after {timeout} s "
+                               f"({self.worker.pending} jobs pending)")
+
+    def close(self, timeout: float | None = 60.0) -> bool:
+        """Finish the pending work (bounded) and stop the worker thread."""
+        return True if self.worker is None else self.worker.close(timeout)
 
 
 def darkfield_router(out_dir: str | Path | None = None, publish: Publish | None = None, *,
                      background: bool = True) -> DarkFieldRouter:
     """A RunRouter that processes every phase-stepping run; subscribe it to a RunEngine.
 
-    With ``background`` the retrieval and classification run in a worker thread, so the
-    RunEngine never waits for them; ``router.wait()`` waits for the results."""
+    With ``background`` the frame reading, retrieval and classification run in a worker
+    thread, so the RunEngine never waits for them; ``router.wait()`` waits for the results."""
     out = Path(out_dir) if out_dir else Path(tempfile.gettempdir()) / "talbot-lau-derived"
     router = None
 
@@ -69,19 +265,40 @@ def darkfield_router(out_dir: str | Path | None = None, publish: Publish | None 
             return [], []
         return [ProjectionProcessor(out, publish or (lambda name, doc: None), router.submit)], []
 
-    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="darkfield") if background else None
-    router = DarkFieldRouter([factory], worker)
+    router = DarkFieldRouter([factory], Worker("darkfield") if background else None)
     return router
 
 
 class ProjectionProcessor(event_model.DocumentRouter):
-    """Collects one projection's frames by set and processes it once the sets are complete."""
+    """Collects one projection's frame references by set and has each complete set
+    processed by ``submit`` (the worker)."""
 
     def __init__(self, out_dir: Path, publish: Publish, submit=lambda job: job()):
         super().__init__()
         self.out_dir = out_dir
-        self.publish = publish
+        self._publish = publish
         self.submit = submit
+        self.failure: str | None = None  # the first error while taking notes
+        self.resources: dict[str, dict] = {}
+        self.datums: dict[str, dict] = {}
+
+    def __call__(self, name, doc, *args, **kwargs):
+        try:
+            return super().__call__(name, doc, *args, **kwargs)
+        except Exception as err:
+            log.exception("dark-field processor: %s document of run %s not understood",
+                          name, getattr(self, "parent_uid", "?"))
+            self.failure = self.failure or f"{name} document not understood: {err!r}"
+            if name == "stop":
+                self._report_failure()
+            return name, doc
+
+    def publish(self, name: str, doc: dict) -> None:
+        """Hand a derived document on; a consumer's error is logged, never raised."""
+        try:
+            self._publish(name, doc)
+        except Exception:
+            log.exception("dark-field processor: a consumer of the derived %s document failed", name)
 
     def start(self, doc):
         self.parent_uid = doc["uid"]
@@ -95,27 +312,46 @@ class ProjectionProcessor(event_model.DocumentRouter):
         self.mosaic = doc.get("mosaic")
         self.sets = SetAssembler(stepping["positions_um"], stepping["dark_frames"], self.streams)
         self.retrievals: dict[int, object] = {}  # mosaic tile -> Retrieval, for the stitch
+        self.published = 0  # derived runs handed to the worker
 
     def descriptor(self, doc):
         self.stream_of[doc["uid"]] = doc["name"]
         self.image_key = image_key(doc) or self.image_key
 
+    def resource(self, doc):
+        self.resources[doc["uid"]] = doc
+
+    def datum(self, doc):
+        self.datums[doc["datum_id"]] = doc
+
     def event(self, doc):
         data = doc["data"]
         if self.image_key not in data:
             return
-        frame = np.asarray(data[self.image_key])  # uint16 as read: float32 retrieval, saturation checked
+        frame = data[self.image_key]
+        if isinstance(frame, str):  # a datum id: remember where the frame is, read it later
+            datum = self.datums[frame]
+            frame = frame_ref(self.resources[datum["resource"]], datum)
         ready = self.sets.add(self.stream_of.get(doc["descriptor"]), float(data.get(self.g2_key, np.nan)),
-                              frame, int(data.get("tile", 0)))
+                              frame, int(data.get("tile", 0)), shutter_open(self.start_doc, data))
         self._submit(ready)
 
     def stop(self, doc):
-        self._submit(self.sets.complete())
+        self._submit(self.sets.finish())
         if self.mosaic:  # the worker runs jobs in order: after the last tile's
             self.submit(self._stitch_and_publish)
+        if self.failure:
+            self._report_failure()
+
+    def _report_failure(self) -> None:
+        reason, self.failure = self.failure, None
+        if reason and hasattr(self, "start_doc"):
+            self.submit(functools.partial(self._derived_run, self._metadata("darkfield_retrieval"),
+                                          functools.partial(_raise, RuntimeError(reason))))
 
     def _submit(self, ready) -> None:
         for tile, frames in ready:
+            self.published += 1
             self.submit(functools.partial(self._tile_and_publish, tile, frames))
 
     def _metadata(self, plan_name: str) -> dict:
@@ -129,7 +365,9 @@ class ProjectionProcessor(event_model.DocumentRouter):
             metadata["tile"] = next(t for t in self.mosaic["tiles"] if t["tile"] == tile)
 
         def analyse():
-            analysis = analyse_projection(frames, self.period_um)
+            with FrameLoader() as loader:  # the frames are read here, in the worker
+                loaded = frames.load(loader)
+            analysis = analyse_projection(loaded, self.period_um)
             if self.mosaic:
                 self.retrievals[tile] = analysis.retrieval
             return analysis, derived_name(self.parent_uid, tile if self.mosaic else None)
@@ -153,14 +391,20 @@ class ProjectionProcessor(event_model.DocumentRouter):
         self.publish("start", run.start_doc)
         try:
             analysis, name = analyse()
-            path = write_derived(self.out_dir / name, analysis.retrieval, analysis.labels,
-                                 analysis.clusters, self.parent_uid,
-                                 run_record=self.out_dir / record_name(self.parent_uid))
+            path = self.out_dir / name
+            try:
+                write_derived(path, analysis.retrieval, analysis.labels, analysis.clusters,
+                              self.parent_uid, run_record=self.out_dir / record_name(self.parent_uid))
+            except Exception:
+                with contextlib.suppress(OSError):  # no empty or truncated derived file left
+                    path.unlink(missing_ok=True)
+                raise
             self._publish_images(run, path, analysis.labels.shape)
             self._publish_clusters(run, analysis.clusters)
         except Exception as err:  # a failed processor reports, it never stops a scan
-            log.exception("dark-field processing of run %s failed", self.parent_uid)
-            self.publish("stop", run.compose_stop(exit_status="fail", reason=repr(err)))
+            log.error("dark-field processing of run %s failed: %s", self.parent_uid, err,
+                      exc_info=not isinstance(err, (OSError, ValueError)))
+            self.publish("stop", run.compose_stop(exit_status="fail", reason=f"{type(err).__name__}: {err}"))
         else:
             self.publish("stop", run.compose_stop())
 
@@ -197,3 +441,7 @@ class ProjectionProcessor(event_model.DocumentRouter):
                    "borderline": bool(c.borderline), "suspicious": bool(c.suspicious)}
             self.publish("event", table.compose_event(
                 data=row, timestamps={key: table.descriptor_doc["time"] for key in row}))
+
+
+def _raise(err: Exception):
+    raise err

@@ -1,29 +1,148 @@
 """From one projection's frames to its derived images and clusters: shared by the live
-processor and the offline ``talbot-lau reconstruct`` (one code path, two callers)."""
+processor and the offline ``talbot-lau reconstruct`` (one code path, two callers).
+
+Frames may be given as arrays or as :class:`acquisition.frames.FrameRef` s, read by
+:meth:`ProjectionFrames.load`.  Before any retrieval :func:`check_beam` makes sure every
+reference and sample frame saw the beam (and no dark frame did); a set that did not is
+refused with :class:`NoBeamError`, whose message names the set and the frame:
+
+1. the frame's event says the shutter was closed (``<tube>_shutter`` = 0; the live
+   processor and the run record keep that reading with each frame), or
+2. the frame's mean above the dark level (the mean of the dark frames) is below
+   ``BEAM_FRACTION`` (25 %) of its set's open-beam level, the median of those excesses
+   over the set's frames.  Phase stepping moves a frame's mean by at most the
+   visibility (+-30 % here), a closed shutter leaves the dark level plus the panel's lag
+   (about 1 % of the previous frame), so 25 % separates them with margin either way; or
+3. the set's open-beam level is below ``NOISE_FACTOR`` (10) times the dark frames' pixel
+   noise (1.4826 x the median absolute deviation, blind to hot pixels): the whole set was
+   dark.  Without dark frames the dark level is taken as 0 and check 3 is skipped.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from reconstruction import (ClusterAnalysis, Retrieval, Tile, analyse_clusters, calcified_mask,
-                            label_clusters, retrieve, stitch)
+from reconstruction import (
+    ClusterAnalysis,
+    Retrieval,
+    Tile,
+    analyse_clusters,
+    calcified_mask,
+    label_clusters,
+    retrieve,
+    stitch,
+)
+
+BEAM_FRACTION = 0.25
+"""A reference or sample frame saw the beam if its mean above the dark level is at least
+this fraction of its set's open-beam level (the median over the set)."""
+NOISE_FACTOR = 10.0
+"""A set's open-beam level must be at least this many dark-frame pixel noise sigmas."""
+
+
+class NoBeamError(ValueError):
+    """A reference or sample frame did not see the beam (or a dark frame did)."""
+
+
+def shutter_open(start: dict, data: dict) -> bool | None:
+    """The shutter reading of an event's ``data`` (True open, False closed, None if the
+    event has none): key ``<tube>_shutter``, the tube device name being the start
+    document's ``tube["device"]`` or ``tube_device``, else ``tube``; failing that the one
+    key ending in ``_shutter``."""
+    tube = start.get("tube")
+    name = (tube.get("device") if isinstance(tube, dict) else None) or start.get("tube_device") or "tube"
+    value = data.get(f"{name}_shutter")
+    if value is None:
+        keys = [key for key in data if key.endswith("_shutter")]
+        value = data[keys[0]] if len(keys) == 1 else None
+    try:
+        return None if value is None else bool(float(value))
+    except (TypeError, ValueError):
+        return None
 
 
 @dataclass
 class ProjectionFrames:
-    """The frames of one projection: darks, and (G2 position um, frame) per stepping set."""
+    """The frames of one projection: darks, and (G2 position um, frame) per stepping set.
 
-    darks: list[np.ndarray]
-    reference: dict[int, tuple[float, np.ndarray]]
-    sample: dict[int, tuple[float, np.ndarray]]
+    A frame is an array or a FrameRef (see :meth:`load`).  ``shutter`` holds each frame's
+    shutter reading, keyed ``("dark", index)``, ``("reference", step)``, ``("sample", step)``
+    (True open, False closed, None unknown); ``origin`` names the file and point a frame was
+    read from, for messages."""
+
+    darks: list[Any]
+    reference: dict[int, tuple[float, Any]]
+    sample: dict[int, tuple[float, Any]]
+    tile: int = 0
+    shutter: dict[tuple[str, int], bool | None] = field(default_factory=dict)
+    origin: dict[tuple[str, int], str] = field(default_factory=dict)
 
     @staticmethod
     def stack(frames: dict[int, tuple[float, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
         """(G2 positions, frames) in step order."""
         order = sorted(frames)
         return np.array([frames[k][0] for k in order]), np.stack([frames[k][1] for k in order])
+
+    def load(self, loader) -> ProjectionFrames:
+        """The same frames with every FrameRef read by ``loader`` (a FrameLoader)."""
+        origin = dict(self.origin)
+
+        def read(key, frame):
+            if not isinstance(frame, np.ndarray):
+                origin.setdefault(key, str(frame))
+            return loader(frame)
+
+        darks = [read(("dark", i), frame) for i, frame in enumerate(self.darks)]
+        reference = {k: (x, read(("reference", k), f)) for k, (x, f) in self.reference.items()}
+        sample = {k: (x, read(("sample", k), f)) for k, (x, f) in self.sample.items()}
+        return ProjectionFrames(darks, reference, sample, self.tile, dict(self.shutter), origin)
+
+    def describe(self, kind: str, key: int) -> str:
+        """E.g. ``reference set of tile 0, step 3 of 9 (G2 1.067 um, /raw/x.h5 point 7)``."""
+        origin = self.origin.get((kind, key))
+        if kind == "dark":
+            text = f"dark frame {key + 1} of {len(self.darks)}"
+            return f"{text} ({origin})" if origin else text
+        frames = self.reference if kind == "reference" else self.sample
+        details = [f"G2 {frames[key][0]:.3f} um"] + ([origin] if origin else [])
+        return f"{kind} set of tile {self.tile}, step {key + 1} of {len(frames)} ({', '.join(details)})"
+
+
+def check_beam(frames: ProjectionFrames) -> None:
+    """Raise :class:`NoBeamError` if a reference or sample frame did not see the beam or a
+    dark frame did (the rules of the module docstring); frames must be loaded."""
+    for (kind, key), is_open in sorted(frames.shutter.items()):
+        if kind == "dark" and is_open is True:
+            raise NoBeamError(f"{frames.describe(kind, key)}: taken with the shutter open")
+        if kind != "dark" and is_open is False:
+            raise NoBeamError(f"no beam in the {frames.describe(kind, key)}: its event says the "
+                              "shutter was closed")
+    if frames.darks:
+        darks = np.asarray(frames.darks, np.float64)
+        dark_level = float(darks.mean())
+        first = darks.reshape(len(darks), -1)[0]
+        noise = 1.4826 * float(np.median(np.abs(first - np.median(first))))
+    else:
+        dark_level, noise = 0.0, None
+    for kind, stepping in (("reference", frames.reference), ("sample", frames.sample)):
+        steps = sorted(stepping)
+        excess = np.array([float(np.mean(stepping[k][1], dtype=np.float64)) - dark_level for k in steps])
+        level = float(np.median(excess))
+        if noise is not None and level < NOISE_FACTOR * noise:
+            worst = steps[int(np.argmin(excess))]
+            raise NoBeamError(
+                f"no beam in the {kind} set of tile {frames.tile}: its frames are only {level:.1f} ADU "
+                f"above the dark level {dark_level:.1f} ADU (median; needs {NOISE_FACTOR:g} x the dark "
+                f"noise = {NOISE_FACTOR * noise:.1f} ADU); darkest: {frames.describe(kind, worst)}")
+        for k, value in zip(steps, excess):
+            if value < BEAM_FRACTION * level:
+                raise NoBeamError(
+                    f"no beam in the {frames.describe(kind, k)}: its mean is {value:.1f} ADU above the "
+                    f"dark level {dark_level:.1f} ADU, {100 * value / level:.1f} % of the set's "
+                    f"open-beam level {level:.1f} ADU (needs {100 * BEAM_FRACTION:g} %)")
 
 
 class SetAssembler:
@@ -32,7 +151,9 @@ class SetAssembler:
 
     A reference set that starts again (step 0 after a complete set) replaces the old one;
     a repeated sample set replaces its frames; the phase probes and other streams are
-    ignored.  A projection is a mosaic of one tile (tile 0).
+    ignored.  A projection is a mosaic of one tile (tile 0).  A set with a frame whose
+    shutter reading says closed is held back, as a resumed plan repeats it; :meth:`finish`
+    (at the end of the run) hands out what is still held, for :func:`check_beam` to refuse.
     """
 
     def __init__(self, positions_um, dark_frames: int, streams: dict):
@@ -40,15 +161,16 @@ class SetAssembler:
         self.steps = len(self.positions_um)
         self.dark_frames = dark_frames
         self.streams = streams
-        self.darks: list[np.ndarray] = []
-        self.reference: dict[int, tuple[float, np.ndarray]] = {}
-        self.tiles: dict[int, dict[int, tuple[float, np.ndarray]]] = {}
+        self.darks: list[tuple[Any, bool | None]] = []
+        self.reference: dict[int, tuple[float, Any, bool | None]] = {}
+        self.tiles: dict[int, dict[int, tuple[float, Any, bool | None]]] = {}
         self.done: set[int] = set()
 
-    def add(self, stream: str, g2_um: float, frame: np.ndarray, tile: int = 0) -> list:
-        """Add one frame; returns the (tile, ProjectionFrames) that became complete."""
+    def add(self, stream: str, g2_um: float, frame, tile: int = 0, shutter: bool | None = None) -> list:
+        """Add one frame (an array or a FrameRef) with its event's shutter reading; returns
+        the (tile, ProjectionFrames) that became complete."""
         if stream == self.streams["dark"]:
-            self.darks = (self.darks + [frame])[-max(self.dark_frames, 1):]
+            self.darks = (self.darks + [(frame, shutter)])[-max(self.dark_frames, 1):]
             return []
         if stream not in (self.streams["reference"], self.streams["sample"]):
             return []
@@ -56,21 +178,35 @@ class SetAssembler:
         if stream == self.streams["reference"]:
             if step == 0 and len(self.reference) == self.steps:
                 self.reference = {}
-            self.reference[step] = (g2_um, frame)
+            self.reference[step] = (g2_um, frame, shutter)
             return []
-        self.tiles.setdefault(tile, {})[step] = (g2_um, frame)
+        self.tiles.setdefault(tile, {})[step] = (g2_um, frame, shutter)
         return self.complete()
 
-    def complete(self) -> list:
-        """Every complete tile not handed out yet, each with a snapshot of its frames."""
+    def complete(self, *, held: bool = False) -> list:
+        """Every complete tile not handed out yet, each with a snapshot of its frames (with
+        ``held``, also those with a frame taken with the shutter closed)."""
         if len(self.reference) != self.steps:
             return []
+        closed = any(s is False for _, _, s in self.reference.values())
         ready = []
         for tile, frames in self.tiles.items():
-            if tile not in self.done and len(frames) == self.steps:
-                self.done.add(tile)
-                ready.append((tile, ProjectionFrames(list(self.darks), dict(self.reference), dict(frames))))
+            if tile in self.done or len(frames) != self.steps:
+                continue
+            if not held and (closed or any(s is False for _, _, s in frames.values())):
+                continue
+            self.done.add(tile)
+            shutter = {("dark", i): s for i, (_, s) in enumerate(self.darks)}
+            shutter.update({("reference", k): s for k, (_, _, s) in self.reference.items()})
+            shutter.update({("sample", k): s for k, (_, _, s) in frames.items()})
+            ready.append((tile, ProjectionFrames(
+                [f for f, _ in self.darks], {k: (x, f) for k, (x, f, _) in self.reference.items()},
+                {k: (x, f) for k, (x, f, _) in frames.items()}, tile, shutter)))
         return ready
+
+    def finish(self) -> list:
+        """At the end of the run: every complete tile not handed out yet, held ones too."""
+        return self.complete(held=True)
 
 
 @dataclass
@@ -82,7 +218,9 @@ class ProjectionResult:
 
 
 def retrieve_projection(frames: ProjectionFrames, period_um: float) -> Retrieval:
-    """T, V and dphi of one set, with the measured G2 positions and the mean dark."""
+    """T, V and dphi of one set, with the measured G2 positions and the mean dark, once
+    :func:`check_beam` accepts its frames (loaded arrays)."""
+    check_beam(frames)
     dark = np.mean(frames.darks, axis=0) if frames.darks else None
     ref_x, ref = ProjectionFrames.stack(frames.reference)
     smp_x, smp = ProjectionFrames.stack(frames.sample)

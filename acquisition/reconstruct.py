@@ -12,28 +12,38 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from .derived_store import derived_name, write_derived
-from .frames import HDF5FrameHandler
-from .projection import ProjectionFrames, SetAssembler, analyse_mosaic, analyse_projection, retrieve_projection
+from .frames import FrameLoader, FrameRef
+from .projection import (
+    ProjectionFrames,
+    SetAssembler,
+    analyse_mosaic,
+    analyse_projection,
+    retrieve_projection,
+)
 from .run_record import read_run_record
 
 
 def load_sets(record) -> list[tuple[int, ProjectionFrames]]:
-    """Every complete (tile, frames) set of a recorded run, read from the frame files."""
+    """Every complete (tile, frames) set of a recorded run, read from the frame files.
+
+    Sets are assembled as the live processor does (``SetAssembler``: a repeated set
+    replaces the interrupted one, a set with a frame recorded with the shutter closed waits
+    for its repeat); the beam check itself comes with the retrieval."""
     stepping = record.start["phase_stepping"]
     sets = SetAssembler(stepping["positions_um"], stepping["dark_frames"], stepping["streams"])
-    handlers: dict[str, HDF5FrameHandler] = {}
+    has_shutter = "shutter" in (record.frames.dtype.names or ())
     ready = []
     for row in record.frames:
-        file = _text(row["file"])
-        handler = handlers.setdefault(file, HDF5FrameHandler(file))
+        shutter = int(row["shutter"]) if has_shutter else -1
         ready += sets.add(_text(row["stream"]), float(row["g2_um"]),
-                          handler(int(row["point"])), int(row["tile"]))
+                          FrameRef(_text(row["file"]), int(row["point"])), int(row["tile"]),
+                          None if shutter < 0 else bool(shutter))
+    ready += sets.finish()
     if not ready:
         raise ValueError(f"the run holds no complete phase-stepping set ({len(record.frames)} frames)")
-    return ready
+    with FrameLoader() as loader:
+        return [(tile, frames.load(loader)) for tile, frames in ready]
 
 
 def _text(value) -> str:

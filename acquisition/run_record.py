@@ -22,18 +22,26 @@ nexusformat)::
               distance (mm), sample_pixel_size (mm)
             raw_000, raw_001, ... -> <frame file>:/entry/data/data  (ExternalLink per file)
             frames: NXcollection   one row per frame: stream, g2_um, stage_x_mm, stage_y_mm,
-                file, point, tile (1-D columns with units)
+                file, point, tile, shutter (1 open, 0 closed, -1 not read) (1-D columns with units)
         data: NXdata   @signal=raw_000   the same links (frames along the first axis)
 
 Distances are from the sample, negative upstream (NeXus convention).  Links name frame
 files relative to the record's directory, so a run's folder can be moved as a whole.
+
+A record is built in memory and written to ``.run_<uid8>.nxs.part`` beside its final name,
+then renamed: a failed write (disk full, no permission) leaves no empty or truncated record
+that would hide the run.  It logs one error naming the file instead, and never raises into
+the RunEngine.
+
 ``read_run_record(path)`` gives the documents and frame rows back (also of the earlier
 ``run_<uid8>.h5`` records); the frames themselves are read through ``acquisition.frames``.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,10 +53,13 @@ import numpy as np
 from .derived_store import derived_glob
 from .frames import FRAME_DATASET, image_key
 from .nexus import iso8601, nx_field, nx_group, nx_quantities, nx_root
+from .projection import shutter_open
+
+log = logging.getLogger(__name__)
 
 FRAME_ROW = np.dtype([("stream", h5py.string_dtype()), ("g2_um", "f8"), ("stage_x_mm", "f8"),
                       ("stage_y_mm", "f8"), ("file", h5py.string_dtype()), ("point", "i8"),
-                      ("tile", "i8")])
+                      ("tile", "i8"), ("shutter", "i1")])
 FRAME_UNITS = {"g2_um": "um", "stage_x_mm": "mm", "stage_y_mm": "mm"}
 DOSE_STREAM = "dose"
 """The stream of :class:`acquisition.plans.stubs.DoseTally`: the delivered dose so far (mGy)."""
@@ -104,21 +115,49 @@ class RunRecorder(event_model.DocumentRouter):
         if self.image_key not in data or data[self.image_key] not in self.datums:
             return
         resource, point = self.datums[data[self.image_key]]
+        shutter = shutter_open(self.start_doc, data)
         self.rows.append((self.streams[doc["descriptor"]], float(data.get("g2", np.nan)),
                           float(data.get("stage_x", np.nan)), float(data.get("stage_y", np.nan)),
-                          self.files[resource], point, int(data.get("tile", 0))))
+                          self.files[resource], point, int(data.get("tile", 0)),
+                          -1 if shutter is None else int(shutter)))
 
     def stop(self, doc):
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / record_name(self.start_doc["uid"])
-        with h5py.File(path, "w") as f:
-            write_run_entry(f, self.start_doc, doc, np.array(self.rows, dtype=FRAME_ROW),
-                            self.dose_mgy)
+        write_record(path, self.start_doc, doc, np.array(self.rows, dtype=FRAME_ROW), self.dose_mgy)
+
+
+def write_record(path: Path, start: dict, stop: dict, frames: np.ndarray,
+                 dose_mgy: float | None) -> bool:
+    """Write the run record to ``path`` all or nothing (module docstring); False, with one
+    error logged naming the file, if it could not be written."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.part")
+    try:
+        buffer = io.BytesIO()  # HDF5 never holds a file on a failing disk
+        with h5py.File(buffer, "w") as f:
+            write_run_entry(f, start, stop, frames, dose_mgy, record_path=path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(temporary, "wb") as out:
+            out.write(buffer.getbuffer())
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+        return True
+    except Exception as err:  # noqa: BLE001 - a record that fails never reaches the RunEngine
+        try:
+            temporary.unlink(missing_ok=True)
+        except OSError:
+            pass
+        log.error("run record %s NOT written (%s: %s); the run's frames are in %s", path,
+                  type(err).__name__, err,
+                  ", ".join(sorted({os.path.dirname(str(f)) for f in frames["file"]})) or "no file")
+        return False
 
 
 def write_run_entry(f: h5py.File, start: dict, stop: dict, frames: np.ndarray,
-                    dose_mgy: float | None) -> None:
-    """Write the NeXus run record of the module docstring into the open file ``f``."""
+                    dose_mgy: float | None, record_path: str | Path | None = None) -> None:
+    """Write the NeXus run record of the module docstring into the open file ``f`` (to be
+    stored at ``record_path``, default ``f.filename``: frame links are relative to it)."""
     uid = start["uid"]
     entry = nx_root(f, start.get("software_version", "unknown"))
     entry["program_name"].attrs["configuration"] = start.get("config_digest", "")
@@ -147,7 +186,8 @@ def write_run_entry(f: h5py.File, start: dict, stop: dict, frames: np.ndarray,
     if dose_mgy is not None:
         nx_field(group, "delivered_dose", dose_mgy, "mGy", long_name="delivered mean glandular dose")
 
-    files = [_relative(str(file), f.filename) for file in dict.fromkeys(frames["file"])]
+    record = str(record_path) if record_path is not None else f.filename
+    files = [_relative(str(file), record) for file in dict.fromkeys(frames["file"])]
     links = {f"raw_{index:03d}": file for index, file in enumerate(files)}
     _instrument(nx_group(entry, "instrument", "NXinstrument"), start, frames, links)
     if links:
@@ -220,7 +260,8 @@ class RunRecord:
     start: dict
     stop: dict
     frames: np.ndarray
-    """Structured rows: stream, g2_um, stage_x_mm, stage_y_mm, file, point, tile."""
+    """Structured rows: stream, g2_um, stage_x_mm, stage_y_mm, file, point, tile, shutter
+    (missing in records from before NeXus)."""
 
 
 class RunRecordError(ValueError):
@@ -251,7 +292,10 @@ def read_run_record(path: str | Path) -> RunRecord:
 
 def _frame_rows(table: h5py.Group) -> np.ndarray:
     rows = np.empty(len(table["stream"]), FRAME_ROW)
+    rows["shutter"] = -1  # records written before the column: not read
     for name in FRAME_ROW.names:
+        if name not in table:
+            continue
         column = table[name]
         rows[name] = column.asstr()[()] if h5py.check_string_dtype(column.dtype) else column[()]
     return rows

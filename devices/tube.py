@@ -5,12 +5,35 @@ kV and mA setpoints with readbacks, HV on/off, shutter, interlock chain, fault a
 state, fault reset and the generator state.  Setpoints complete only when their readback
 follows, so a command the generator refuses (shutter open while interlocked) fails its
 Status instead of passing silently.
+
+Safety (docs/reliability.md):
+
+- ``stop()`` of the shutter signal or of the tube closes the shutter, so the RunEngine's
+  stop of every touched device on pause, halt, suspension and at the end of every run
+  closes it whatever the plan was doing.
+- :meth:`XRayTube.close_shutter_now` closes with a timeout and, when ophyd's channels do
+  not take the put (read-only after a hung IOC, disconnected), writes through a fresh
+  Channel Access connection and reads the readback back the same way.
+- ``heartbeat`` feeds the generator's exposure timer: each put (s) re-arms it, and the
+  generator closes the shutter by itself when the timer runs out (``watchdog_tripped``).
 """
+
+from __future__ import annotations
+
+import logging
 
 from ophyd import Component as Cpt
 from ophyd import Device, EpicsSignal, EpicsSignalRO
 
 WRITE_TIMEOUT_S = 5.0
+CLOSE_TIMEOUT_S = 3.0
+"""How long one attempt to close the shutter may take (s), per channel tried."""
+
+log = logging.getLogger(__name__)
+
+
+class ShutterNotClosed(RuntimeError):
+    """Neither ophyd's channel nor a fresh connection could confirm the shutter closed."""
 
 
 class ConfirmedSignal(EpicsSignal):
@@ -23,20 +46,56 @@ class ConfirmedSignal(EpicsSignal):
         return super().set(value, timeout=timeout, settle_time=settle_time, **kwargs)
 
 
+class ShutterSignal(ConfirmedSignal):
+    """The shutter (1 open); stopping it closes it, through a fresh channel if need be."""
+
+    def stop(self, *, success=False):
+        self.parent.close_shutter_now()
+
+
 class XRayTube(Device):
-    """Tube voltage (kV), current (mA), HV, shutter (1 open), interlock (1 = chain closed, ok)."""
+    """Tube voltage (kV), current (mA), HV, shutter (1 open), interlock (1 = chain closed, ok),
+    the exposure timer's heartbeat (s) and whether it tripped."""
 
     kv = Cpt(ConfirmedSignal, "kV_RBV", write_pv="kV", tolerance=0.2, kind="normal")
     ma = Cpt(ConfirmedSignal, "mA_RBV", write_pv="mA", tolerance=0.2, kind="normal")
     hv_on = Cpt(ConfirmedSignal, "HVOn_RBV", write_pv="HVOn", kind="normal")
-    shutter = Cpt(ConfirmedSignal, "Shutter_RBV", write_pv="Shutter", kind="normal")
+    shutter = Cpt(ShutterSignal, "Shutter_RBV", write_pv="Shutter", kind="normal")
     interlock = Cpt(EpicsSignalRO, "Interlock_RBV", kind="normal")
     fault = Cpt(EpicsSignalRO, "Fault_RBV", kind="normal")
     arc = Cpt(EpicsSignalRO, "Arc_RBV", kind="omitted")
     fault_reset = Cpt(EpicsSignal, "FaultReset", kind="omitted")
     state = Cpt(EpicsSignalRO, "State_RBV", string=True, kind="config")
+    heartbeat = Cpt(EpicsSignal, "Heartbeat", kind="omitted")
+    watchdog_tripped = Cpt(EpicsSignalRO, "WatchdogTripped_RBV", kind="omitted")
+
+    def close_shutter_now(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """Close the shutter and confirm the readback (blocking, at most about 2 x timeout s).
+
+        ophyd's channel first; if it refuses or times out, a fresh Channel Access
+        connection.  Raises :class:`ShutterNotClosed` naming the PV when neither confirms."""
+        try:
+            self.shutter.set(0, timeout=timeout).wait(timeout)
+            return
+        except Exception as err:  # read-only after a hung IOC, disconnected, timed out
+            first = err
+        log.warning("%s: closing the shutter through ophyd failed (%r); trying a fresh channel",
+                    self.name, first)
+        from caproto.sync.client import read, write
+
+        try:
+            write(self.shutter.setpoint_pvname, 0, notify=True, timeout=timeout, repeater=False)
+            readback = read(self.shutter.pvname, timeout=timeout, repeater=False).data[0]
+        except Exception as err:
+            raise ShutterNotClosed(
+                f"{self.name}: could not close the shutter ({self.shutter.setpoint_pvname}): "
+                f"ophyd: {first!r}; fresh channel: {err!r}. The generator's exposure timer "
+                f"closes it when the heartbeat stops; check the IOC.") from err
+        if readback != 0:
+            raise ShutterNotClosed(f"{self.name}: {self.shutter.pvname} reads {readback} after "
+                                   f"closing through a fresh channel")
 
     def stop(self, *, success=False):
         """Any stop of a plan touching the tube closes the shutter."""
-        self.shutter.put(0)
+        self.close_shutter_now()
         super().stop(success=success)

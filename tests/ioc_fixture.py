@@ -9,6 +9,7 @@ port).  The fixture checks that nobody changed it since.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -62,19 +63,68 @@ class RunningIOC:
         return self.prefix + suffix
 
 
-def _wait_until_serving(pvname: str, process: subprocess.Popen, log_path, timeout_s: float = 20.0) -> float:
+@contextlib.contextmanager
+def searching_port(port: int):
+    """caproto's sync client searches ``EPICS_CA_ADDR_LIST`` as it is at each call (libca
+    read it once, at its start): point it at ``port`` for the calls inside."""
+    saved = os.environ["EPICS_CA_ADDR_LIST"]
+    os.environ["EPICS_CA_ADDR_LIST"] = f"127.0.0.1:{port}"
+    try:
+        yield
+    finally:
+        os.environ["EPICS_CA_ADDR_LIST"] = saved
+
+
+def caget(pvname: str, port: int, timeout: float = 3.0):
+    """One value of ``pvname`` from the server on ``port`` (caproto's sync client)."""
     from caproto.sync.client import read
 
+    with searching_port(port):
+        return read(pvname, timeout=timeout, repeater=False).data[0]
+
+
+def _wait_until_serving(pvname: str, process: subprocess.Popen, log_path, port: int = CA_PORT,
+                        timeout_s: float = 20.0) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
         if process.poll() is not None:
             raise RuntimeError(f"IOC exited with {process.returncode} (log: {log_path})")
         try:
-            read(pvname, timeout=0.5, repeater=False)
+            caget(pvname, port, timeout=0.5)
             return time.monotonic() - started
         except TimeoutError:
             continue
     raise TimeoutError(f"IOC did not answer {pvname} within {timeout_s} s")
+
+
+def spawn_ioc(prefix: str, port: int, write_path: Path, *, time_scale: float = TIME_SCALE,
+              region=REGION, log_name: str = "ioc.log", extra_args=()) -> subprocess.Popen:
+    """``talbot-lau ioc`` on loopback port ``port`` (``extra_args``: more of its options),
+    answering; its log in ``write_path``."""
+    env = dict(os.environ, EPICS_CA_SERVER_PORT=str(port), EPICS_CAS_INTF_ADDR_LIST="127.0.0.1",
+               EPICS_CA_REPEATER_PORT=str(_free_port()))
+    command = [sys.executable, "-m", "acquisition.cli", "ioc", "--prefix", prefix,
+               "--time-scale", str(time_scale), "--write-path", str(write_path),
+               "--region", ",".join(map(str, region)), *extra_args]
+    with open(write_path / log_name, "ab") as log:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_until_serving(prefix + "tube:State_RBV", process, write_path / log_name, port)
+    except BaseException:
+        stop_ioc(process)
+        raise
+    return process
+
+
+def stop_ioc(process: subprocess.Popen) -> None:
+    """SIGINT, then SIGKILL after 10 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @pytest.fixture(scope="session")
@@ -84,20 +134,8 @@ def ioc(tmp_path_factory):
         pytest.fail(f"EPICS_CA_ADDR_LIST changed after tests/ioc_fixture.py chose {ADDR_LIST}")
     prefix = f"T{uuid.uuid4().hex[:6]}:"
     write_path = tmp_path_factory.mktemp("ioc-frames")
-    env = dict(os.environ, EPICS_CA_SERVER_PORT=str(CA_PORT), EPICS_CAS_INTF_ADDR_LIST="127.0.0.1",
-               EPICS_CA_REPEATER_PORT=str(_free_port()))
-    command = [sys.executable, "-m", "acquisition.cli", "ioc", "--prefix", prefix,
-               "--time-scale", str(TIME_SCALE), "--write-path", str(write_path),
-               "--region", ",".join(map(str, REGION))]
-    with open(write_path / "ioc.log", "wb") as log:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            _wait_until_serving(prefix + "tube:State_RBV", process, write_path / "ioc.log")
-            yield RunningIOC(prefix, CA_PORT, write_path, REGION, TIME_SCALE, process)
-        finally:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    process = spawn_ioc(prefix, CA_PORT, write_path)
+    try:
+        yield RunningIOC(prefix, CA_PORT, write_path, REGION, TIME_SCALE, process)
+    finally:
+        stop_ioc(process)

@@ -10,7 +10,8 @@ import pytest
 from bluesky import RunEngine
 
 from acquisition.catalogue import (
-    catalogue_writer, connect_catalogue, find_runs, open_catalogue, server_command)
+    catalogue_writer, connect_catalogue, find_runs, open_catalogue, read_api_key, server_api_key,
+    server_command, server_environment)
 from acquisition.frames import HANDLERS
 from acquisition.instrument import simulated_instrument
 from acquisition.plans import darkfield_projection
@@ -68,8 +69,8 @@ def catalogued(tmp_path_factory):
     readable = [raw, root / "derived"]
     client = open_catalogue(directory, readable=readable)
     port, log = _free_port(), open(root / "server.log", "w")
-    server = subprocess.Popen(server_command(directory, readable=readable, api_key=API_KEY, port=port),
-                              stdout=subprocess.DEVNULL, stderr=log)
+    server = subprocess.Popen(server_command(directory, readable=readable, port=port),
+                              env=server_environment(API_KEY), stdout=subprocess.DEVNULL, stderr=log)
     try:
         instrument = simulated_instrument(small_config(), write_path=raw)
         engine = RunEngine({})
@@ -169,7 +170,7 @@ def test_a_failing_catalogue_never_fails_the_scan(tmp_path, caplog):
     assert len(errors) == 1 and "start document not written" in errors[0].getMessage()
 
 
-def test_a_tiled_server_serves_the_same_catalogue(catalogued):
+def test_a_tiled_server_serves_the_same_catalogue(catalogued, tmp_path):
     _, uids, recorder, (server, port) = catalogued
     import httpx
 
@@ -185,8 +186,35 @@ def test_a_tiled_server_serves_the_same_catalogue(catalogued):
         if time.monotonic() > deadline:
             pytest.fail("tiled server did not start within 30 s")
         time.sleep(0.1)
-    client = connect_catalogue(f"http://127.0.0.1:{port}", api_key=API_KEY)
+    with open(f"/proc/{server.pid}/cmdline", "rb") as f:  # the key is not on its command line
+        cmdline = f.read()
+    assert b"serve" in cmdline and API_KEY.encode() not in cmdline
+    with pytest.raises(Exception, match="401"):  # the key is required
+        list(connect_catalogue(f"http://127.0.0.1:{port}", api_key="wrongkey"))
+    key_file = tmp_path / "key"
+    key_file.write_text(API_KEY)
+    key_file.chmod(0o600)
+    client = connect_catalogue(f"http://127.0.0.1:{port}", api_key_file=key_file)
     uid = uids["S-17"]
     assert list(find_runs(client, "S-17")) == [uid]
     (datum_id, *_) = recorder.column(uid, "primary", "detector_image")
     np.testing.assert_array_equal(client[uid]["primary"]["detector_image"][0], recorder.frame(datum_id))
+
+
+def test_api_key_from_a_private_file_the_environment_or_fresh(tmp_path, monkeypatch):
+    monkeypatch.delenv("TALBOT_LAU_API_KEY", raising=False)
+    key, _, path = server_api_key(tmp_path)  # fresh, in a file only the user can read
+    assert path == tmp_path / "api_key" and path.stat().st_mode & 0o777 == 0o600
+    assert read_api_key(path) == key and len(key) == 64 and key.isalnum()
+    assert server_api_key(tmp_path)[0] != key  # a new one each time
+    monkeypatch.setenv("TALBOT_LAU_API_KEY", "fromenv1")
+    assert server_api_key(tmp_path)[:2] == ("fromenv1", "$TALBOT_LAU_API_KEY")
+    mine = tmp_path / "mine"
+    mine.write_text("fromfile1\n")
+    mine.chmod(0o644)
+    with pytest.raises(ValueError, match="readable by you only"):
+        server_api_key(tmp_path, mine)
+    mine.chmod(0o600)
+    assert server_api_key(tmp_path, mine)[0] == "fromfile1"
+    assert "--api-key" not in server_command(tmp_path)
+    assert server_environment("abc123", base={})["TILED_SINGLE_USER_API_KEY"] == "abc123"

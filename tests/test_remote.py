@@ -6,14 +6,13 @@ import sys
 import time
 
 from bluesky import RunEngine
-from bluesky.callbacks.zmq import Publisher
 
 from acquisition.demo import DerivedCollector
 from acquisition.instrument import simulated_instrument
 from acquisition.monitor import MonitorWindow
 from acquisition.plans import darkfield_projection
 from acquisition.processing import darkfield_router
-from acquisition.remote import by_origin, parse_address, start_dispatcher
+from acquisition.remote import by_origin, parse_address, publisher, start_dispatcher
 from conftest import small_config
 from simulators.physics import Phantom, TissueSlab, cluster_preset
 
@@ -43,9 +42,9 @@ def run_projection(request, tmp_path, in_port, texture):
     instrument = simulated_instrument(small_config(rows=96, cols=96), write_path=tmp_path / "raw",
                                       phantom=phantom)
     engine = RunEngine({})
-    publisher = Publisher(("127.0.0.1", in_port))
-    request.addfinalizer(publisher.close)
-    engine.subscribe(publisher)
+    publish = publisher(("127.0.0.1", in_port))  # msgpack
+    request.addfinalizer(publish.close)
+    engine.subscribe(publish)
     time.sleep(0.5)  # 0MQ subscribers and the publisher need a moment to connect
     return engine(darkfield_projection(instrument, dark_frames=1, steps=5, exposure_s=1.0))
 

@@ -9,25 +9,25 @@ which a phase-stepping scan should start.
 
 from __future__ import annotations
 
-import functools
-
 import bluesky.plan_stubs as bps
-import bluesky.preprocessors as bpp
 import numpy as np
 
 from reconstruction import fit_stepping
 
 from ..instrument import Instrument
 from .safety import close_shutter, open_shutter
-from .settings import check, check_stage_position, stepping_settings, whole
-from .stubs import prepare_source, readings
+from .settings import check, check_reference_clear, check_stage_position, stepping_settings, whole
+from .stubs import HEARTBEAT_MARGIN_S, acquisition_wrapper, checked_frame
+
+MAX_PERIODS = 10
+"""Most G2 periods an alignment scan covers (the piezo travels 20 um, about 4 periods)."""
 
 
 def g2_alignment(instrument: Instrument, *, steps: int = 16, periods: int = 2, exposure_s=None,
                  kv=None, ma=None, reference_position_mm=None, operator=None):
     """Scan G2 over ``periods`` periods in ``steps`` steps in the open beam (stream primary)."""
     cfg = instrument.config.instrument
-    whole(periods, "periods", 1)
+    periods = whole(periods, "periods", 1, MAX_PERIODS)
     settings = stepping_settings(instrument, steps=steps, exposure_s=exposure_s, dark_frames=0,
                                  kv=kv, ma=ma, sample="open beam", operator=operator)
     period = settings.period_um
@@ -35,8 +35,10 @@ def g2_alignment(instrument: Instrument, *, steps: int = 16, periods: int = 2, e
     low, high = cfg.g2.limits_um
     check(low <= positions[0] and positions[-1] <= high,
           f"G2 positions {positions[0]:.2f}..{positions[-1]:.2f} um exceed the G2 limits {low}..{high} um")
-    reference = check_stage_position(instrument, "reference_position_mm",
-                                     reference_position_mm or cfg.stage.reference_position_mm)
+    reference = check_stage_position(
+        instrument, "reference_position_mm",
+        cfg.stage.reference_position_mm if reference_position_mm is None else reference_position_mm)
+    check_reference_clear(instrument, reference, [cfg.stage.sample_position_mm])
     tube, stage = instrument.tube, instrument.stage
     md = {"plan_name": "g2_alignment", "operator": settings.operator, "period_um": period,
           "positions_um": positions, "exposure_s": settings.exposure_s,
@@ -44,17 +46,14 @@ def g2_alignment(instrument: Instrument, *, steps: int = 16, periods: int = 2, e
           "total_frames": steps}
 
     def body():
-        yield from prepare_source(instrument, settings)
         yield from bps.mv(stage.x, reference[0], stage.y, reference[1])
-        yield from open_shutter(tube)
+        yield from open_shutter(tube, settings.exposure_s + HEARTBEAT_MARGIN_S)
         for x_um in positions:
             yield from bps.mv(instrument.g2, x_um)
-            yield from bps.trigger_and_read(readings(instrument), name="primary")
+            yield from checked_frame(instrument, settings, "primary", beam=True)
         yield from close_shutter(tube)
 
-    plan = bpp.run_wrapper(body(), md=md)
-    plan = bpp.stage_wrapper(plan, [instrument.detector])
-    return bpp.finalize_wrapper(plan, functools.partial(close_shutter, tube))
+    return acquisition_wrapper(instrument, settings, body(), md)
 
 
 def alignment_report(frames: np.ndarray, positions_um, period_um: float, dark=None) -> dict:

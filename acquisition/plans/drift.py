@@ -18,7 +18,7 @@ from ..frames import HDF5FrameHandler
 from ..instrument import Instrument
 from .safety import close_shutter, open_shutter
 from .settings import SteppingSettings
-from .stubs import readings
+from .stubs import HEARTBEAT_MARGIN_S, checked_frame
 
 PROBE_STEPS = 3
 
@@ -31,10 +31,10 @@ def probe_fringe_phase(instrument: Instrument, settings: SteppingSettings,
                  for k in range(PROBE_STEPS)]
     yield from close_shutter(tube)
     yield from bps.mv(stage.x, reference_position_mm[0], stage.y, reference_position_mm[1])
-    yield from open_shutter(tube)
+    yield from open_shutter(tube, settings.exposure_s + HEARTBEAT_MARGIN_S)
     for x_um in positions:
         yield from bps.mv(g2, x_um)
-        yield from bps.trigger_and_read(readings(instrument, *extra), name="phase_probe")
+        yield from checked_frame(instrument, settings, "phase_probe", extra, beam=True)
     yield from close_shutter(tube)
     last = int(detector.hdf1.num_captured.get())
     handler = HDF5FrameHandler(detector.hdf1.full_file_name.get())

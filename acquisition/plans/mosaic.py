@@ -8,26 +8,18 @@ checked against the stage travel, and the dose against the budget, before anythi
 
 from __future__ import annotations
 
-import functools
-
-import bluesky.preprocessors as bpp
+import bluesky.plan_stubs as bps
 from ophyd import Signal
 
-from ..dose import planned_dose_mgy
 from ..instrument import Instrument
 from .drift import phase_drift, probe_fringe_phase
-from .safety import close_shutter
-from .settings import check, check_stage_position, finite, stepping_settings, whole
-from .stubs import STREAMS, DoseTally, dark_set, prepare_source, start_metadata, stepping_set
+from .settings import (check, check_dose_budget, check_metadata, check_reference_clear,
+                       check_stage_position, finite, stepping_settings, tile_field_mm, whole)
+from .stubs import (STREAMS, DoseTally, acquisition_wrapper, dark_set, start_metadata,
+                    stepping_set)
 
-
-def tile_field_mm(instrument: Instrument) -> tuple[float, float]:
-    """(height, width) of one tile at the sample plane, mm."""
-    setup = instrument.config.setup
-    det = setup.detector
-    rows, cols = (det.region[2], det.region[3]) if det.region else (det.rows, det.columns)
-    pixel_mm = det.pixel_um / 1000.0 / setup.geometry.magnification
-    return rows * pixel_mm, cols * pixel_mm
+MAX_TILES_PER_SIDE = 10
+"""Most tiles in a mosaic row or column (16 tiles cover a mastectomy specimen)."""
 
 
 def tile_positions(rows: int, columns: int, step_mm: tuple[float, float],
@@ -58,29 +50,28 @@ def darkfield_mosaic(instrument: Instrument, *, rows: int = 4, columns: int = 4,
     settings = stepping_settings(instrument, steps=steps, exposure_s=exposure_s,
                                  dark_frames=dark_frames, kv=kv, ma=ma, sample=sample,
                                  operator=operator)
-    whole(rows, "rows", 1)
-    whole(columns, "columns", 1)
+    rows = whole(rows, "rows", 1, MAX_TILES_PER_SIDE)
+    columns = whole(columns, "columns", 1, MAX_TILES_PER_SIDE)
     check(finite(overlap) and 0 <= overlap < 0.5, f"overlap={overlap!r}: must be in [0, 0.5)")
+    check(isinstance(snake, bool), f"snake={snake!r}: must be True or False")
     if reference_every is not None:
-        whole(reference_every, "reference_every", 1)
+        reference_every = whole(reference_every, "reference_every", 1, MAX_TILES_PER_SIDE**2)
+    md = check_metadata(md)
     check(max_phase_drift_rad is None or (finite(max_phase_drift_rad) and 0 < max_phase_drift_rad < 3.2),
           f"max_phase_drift_rad={max_phase_drift_rad!r}: must be in (0, pi] rad")
-    origin = check_stage_position(instrument, "origin_mm", origin_mm or cfg.stage.sample_position_mm)
+    origin = check_stage_position(instrument, "origin_mm",
+                                  cfg.stage.sample_position_mm if origin_mm is None else origin_mm)
     reference_position = check_stage_position(
-        instrument, "reference_position_mm", reference_position_mm or cfg.stage.reference_position_mm)
+        instrument, "reference_position_mm",
+        cfg.stage.reference_position_mm if reference_position_mm is None else reference_position_mm)
     height, width = tile_field_mm(instrument)
     step = (height * (1 - overlap), width * (1 - overlap))
     tiles = tile_positions(rows, columns, step, origin, snake)
     for tile in tiles:
         check_stage_position(instrument, f"tile {tile['tile']} (row {tile['row']}, column "
                              f"{tile['column']})", (tile["x_mm"], tile["y_mm"]))
-    per_tile = planned_dose_mgy(cfg.dose, settings.kv, settings.ma,
-                                settings.steps * settings.exposure_s, settings.thickness_mm)
-    exposures_per_point = (2 if overlap and columns > 1 else 1) * (2 if overlap and rows > 1 else 1)
-    dose_mgy = per_tile * exposures_per_point
-    check(dose_mgy <= cfg.dose.budget_mgy,
-          f"planned mean glandular dose {dose_mgy:.1f} mGy (overlaps exposed {exposures_per_point}x) "
-          f"exceeds the budget of {cfg.dose.budget_mgy:.1f} mGy")
+    check_reference_clear(instrument, reference_position, [(t["x_mm"], t["y_mm"]) for t in tiles])
+    dose_mgy = check_dose_budget(instrument, settings, rows=rows, columns=columns, overlap=overlap)
 
     tile_index = Signal(name="tile", value=-1)
     start_md = start_metadata(instrument, settings, "darkfield_mosaic", dose_mgy)
@@ -94,7 +85,7 @@ def darkfield_mosaic(instrument: Instrument, *, rows: int = 4, columns: int = 4,
         **(md or {}),
     })
 
-    tally = DoseTally(instrument, settings.thickness_mm)
+    tally = DoseTally(instrument, settings.thickness_mm, settings.exposure_s)
 
     def reference(extra):
         yield from stepping_set(instrument, settings, STREAMS["reference"], reference_position, extra)
@@ -105,26 +96,17 @@ def darkfield_mosaic(instrument: Instrument, *, rows: int = 4, columns: int = 4,
 
     def body():
         extra = (tile_index,)
-        yield from prepare_source(instrument, settings)
         yield from dark_set(instrument, settings, extra)
         drifted = False
         for tile in tiles:
+            yield from bps.mv(tile_index, tile["tile"])  # a reference is labelled with the tile it serves
             if tile["tile"] == 0 or drifted or (reference_every and tile["tile"] % reference_every == 0):
                 yield from reference(extra)
-            yield from _set_tile(tile_index, tile["tile"])
             yield from stepping_set(instrument, settings, STREAMS["sample"],
-                                    (tile["x_mm"], tile["y_mm"]), extra, tally)
+                                    (tile["x_mm"], tile["y_mm"]), extra)
             last = tile["tile"] == len(tiles) - 1
             if max_phase_drift_rad is not None and not last:
                 now = yield from probe_fringe_phase(instrument, settings, reference_position, extra)
                 drifted = abs(phase_drift(now, phase["reference"])) > max_phase_drift_rad
 
-    plan = bpp.run_wrapper(bpp.finalize_wrapper(body(), tally.record), md=start_md)
-    plan = bpp.stage_wrapper(plan, [instrument.detector])
-    return bpp.finalize_wrapper(plan, functools.partial(close_shutter, instrument.tube))
-
-
-def _set_tile(signal: Signal, index: int):
-    import bluesky.plan_stubs as bps
-
-    yield from bps.mv(signal, index)
+    return acquisition_wrapper(instrument, settings, body(), start_md, tally)

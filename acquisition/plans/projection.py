@@ -8,15 +8,11 @@ anything moves or any X-ray is made; the shutter is closed on every way out.
 
 from __future__ import annotations
 
-import functools
-
-import bluesky.preprocessors as bpp
-
-from ..dose import planned_dose_mgy
 from ..instrument import Instrument
-from .safety import close_shutter
-from .settings import check, check_stage_position, stepping_settings
-from .stubs import STREAMS, DoseTally, dark_set, prepare_source, start_metadata, stepping_set
+from .settings import (check_dose_budget, check_metadata, check_reference_clear, check_stage_position,
+                       stepping_settings)
+from .stubs import (STREAMS, DoseTally, acquisition_wrapper, dark_set, start_metadata,
+                    stepping_set)
 
 
 def darkfield_projection(instrument: Instrument, *, steps=None, exposure_s=None, dark_frames=None,
@@ -34,14 +30,14 @@ def darkfield_projection(instrument: Instrument, *, steps=None, exposure_s=None,
                                  dark_frames=dark_frames, kv=kv, ma=ma, sample=sample,
                                  operator=operator)
     sample_position = check_stage_position(
-        instrument, "sample_position_mm", sample_position_mm or cfg.stage.sample_position_mm)
+        instrument, "sample_position_mm",
+        cfg.stage.sample_position_mm if sample_position_mm is None else sample_position_mm)
     reference_position = check_stage_position(
-        instrument, "reference_position_mm", reference_position_mm or cfg.stage.reference_position_mm)
-    dose_mgy = planned_dose_mgy(cfg.dose, settings.kv, settings.ma,
-                                settings.steps * settings.exposure_s, settings.thickness_mm)
-    check(dose_mgy <= cfg.dose.budget_mgy,
-          f"planned mean glandular dose {dose_mgy:.1f} mGy exceeds the budget of "
-          f"{cfg.dose.budget_mgy:.1f} mGy")
+        instrument, "reference_position_mm",
+        cfg.stage.reference_position_mm if reference_position_mm is None else reference_position_mm)
+    check_reference_clear(instrument, reference_position, [sample_position])
+    md = check_metadata(md)
+    dose_mgy = check_dose_budget(instrument, settings)
 
     start_md = start_metadata(instrument, settings, "darkfield_projection", dose_mgy)
     start_md["plan_args"] = {
@@ -51,14 +47,11 @@ def darkfield_projection(instrument: Instrument, *, steps=None, exposure_s=None,
     start_md["total_frames"] = settings.dark_frames + 2 * settings.steps
     start_md.update(md or {})
 
-    tally = DoseTally(instrument, settings.thickness_mm)
+    tally = DoseTally(instrument, settings.thickness_mm, settings.exposure_s)
 
     def body():
-        yield from prepare_source(instrument, settings)
         yield from dark_set(instrument, settings)
         yield from stepping_set(instrument, settings, STREAMS["reference"], reference_position)
-        yield from stepping_set(instrument, settings, STREAMS["sample"], sample_position, tally=tally)
+        yield from stepping_set(instrument, settings, STREAMS["sample"], sample_position)
 
-    plan = bpp.run_wrapper(bpp.finalize_wrapper(body(), tally.record), md=start_md)
-    plan = bpp.stage_wrapper(plan, [instrument.detector])
-    return bpp.finalize_wrapper(plan, functools.partial(close_shutter, instrument.tube))
+    return acquisition_wrapper(instrument, settings, body(), start_md, tally)

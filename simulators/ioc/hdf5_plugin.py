@@ -6,10 +6,18 @@
 ``NumCapture`` frames when it is > 0, closes the file.  The file is written in SWMR mode,
 so frames can be read while it is open.  The plugin looks primed (ArraySize* of the
 frame) so ophyd's ``HDF5Plugin.stage()`` accepts it.
+
+Files stay under the write root (:meth:`HDF5PluginGroup.set_write_root`, the IOC's
+``--write-path``): a ``FilePath`` outside it (after resolving symlinks and ``..``), or a
+file name that leads outside it, is refused: the put fails, ``WriteStatus`` reads "Write
+error" and ``WriteMessage`` says why; nothing is created outside.  Without a write root
+every path is refused.  A ``FilePath`` without a trailing separator is a directory (ADCore
+appends the separator).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -18,9 +26,17 @@ import numpy as np
 from caproto import ChannelType
 from caproto.server import PVGroup, pvproperty
 
+from simulators.frame_file import append_frame, close_frame_file, create_frame_file
+
 from .ad_records import DATA_TYPES, DISABLE_ENABLE, NO_YES, readback, setting
 
+log = logging.getLogger(__name__)
+
 WRITE_MODES = ("Single", "Capture", "Stream")
+
+
+class PathRefused(ValueError):
+    """A file path outside the plugin's write root."""
 
 
 class HDF5PluginGroup(PVGroup):
@@ -59,6 +75,26 @@ class HDF5PluginGroup(PVGroup):
         self.shape = (1, 1)
         self._file: h5py.File | None = None
         self._dataset = None
+        self.write_root: str | None = None
+
+    def set_write_root(self, root) -> None:
+        """Confine FilePath and the files to ``root`` (resolved now; None refuses all)."""
+        self.write_root = None if root is None else os.path.realpath(root)
+
+    def _confined(self, path: str, what: str) -> str:
+        """``path`` resolved (symlinks, ``..``); PathRefused unless it is inside the root."""
+        if self.write_root is None:
+            raise PathRefused(f"{what} refused: no write root configured")
+        if not os.path.isabs(path):
+            raise PathRefused(f"{what} {path!r} refused: not an absolute path")
+        resolved = os.path.realpath(path)
+        if os.path.commonpath([resolved, self.write_root]) != self.write_root:
+            raise PathRefused(f"{what} {path!r} refused: outside the write root {self.write_root}")
+        return resolved
+
+    async def _write_error(self, message: str) -> None:
+        await self.write_status.write("Write error")
+        await self.write_message.write(message[:255])
 
     def configure(self, *, shape) -> None:
         """(rows, cols) of the frames, before the server starts."""
@@ -72,7 +108,13 @@ class HDF5PluginGroup(PVGroup):
 
     @file_path.putter
     async def file_path(self, instance, value):
-        path = Path(value)
+        if value and not value.endswith(os.sep):
+            value += os.sep  # a directory, as ADCore's checkPath makes it
+        try:
+            path = Path(self._confined(value, "FilePath"))
+        except PathRefused as err:
+            await self._write_error(str(err))
+            raise
         if not path.is_dir() and self.create_directory.value != 0:
             try:
                 path.mkdir(parents=True, exist_ok=True)
@@ -87,7 +129,13 @@ class HDF5PluginGroup(PVGroup):
         if value in ("Capture", 1):
             if self.file_write_mode.value != "Stream":
                 raise ValueError("only Stream mode is simulated")
-            self._open()
+            try:
+                self._open()
+            except (OSError, ValueError, TypeError) as err:  # refused or unwritable: no file
+                await self._write_error(str(err))
+                raise
+            await self.write_status.write("Write OK")
+            await self.write_message.write("")
             await self.full_file_name.write(self._file.filename)
             await self.num_captured.write(0)
             if self.auto_increment.value == "Yes":
@@ -104,17 +152,15 @@ class HDF5PluginGroup(PVGroup):
         self._close()
         filename = self.file_template.value % (self.file_path.value, self.file_name.value,
                                                self.file_number.value)
+        self._confined(filename, "file")  # a file name or template may lead elsewhere
         rows, cols = self.shape
-        self._file = h5py.File(filename, "w", libver="latest")
-        self._dataset = self._file.create_dataset(
-            "entry/data/data", shape=(0, rows, cols), maxshape=(None, rows, cols),
-            dtype="<u2", chunks=(1, rows, cols))
-        self._file.swmr_mode = True
+        self._file, self._dataset = create_frame_file(filename, (rows, cols))
 
     def _close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        self._file, self._dataset = None, None
+        file, self._file, self._dataset = self._file, None, None
+        problem = close_frame_file(file)  # disk full: the file ends here either way; say so
+        if problem:
+            log.error(problem)
 
     async def receive(self, frame: np.ndarray) -> None:
         """One NDArray from the cam: counted, and appended to the file while capturing."""
@@ -125,10 +171,13 @@ class HDF5PluginGroup(PVGroup):
         await self.array_counter_rbv.write(counter)
         if self._dataset is None:
             return
-        index = self._dataset.shape[0]
-        self._dataset.resize(index + 1, axis=0)
-        self._dataset[index] = frame
-        self._dataset.flush()
+        try:
+            index = append_frame(self._dataset, frame)
+        except OSError as err:  # disk full, file removed: not captured, the file closed; say so
+            await self.write_status.write("Write error")
+            await self.write_message.write(str(err)[:255])
+            self._close()
+            return
         await self.num_captured.write(index + 1)
         if 0 < self.num_capture.value <= index + 1:
             self._close()

@@ -6,18 +6,39 @@ the record's behaviour the twins need: the readback moves at VELO (egu per recor
 takeout), DMOV pulses 1 -> 0 -> 1 on every move (also a null move), MOVN, a settle of DLY s,
 STOP (VAL := RBV), and soft limits HLM/LLM published as
 the control limits of VAL.  A put beyond them sets LVIO = 1 and restores VAL with no
-DMOV pulse, as the motor record does.
+DMOV pulse, as the motor record does (also when the backlash leg would leave them).
+
+Bad field values are refused, not stored: a put of a NaN, infinite or out-of-range VAL,
+VELO or BVEL (0 < v <= VMAX), VMAX, BDST (|BDST| below the travel HLM - LLM), DLY
+(0..10 s), HLM or LLM (finite, HLM >= LLM) fails (the putter raises, caproto answers a
+failed write) and the field keeps its old value, so the motion loop never sees one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 
 from caproto.server import PVGroup, pvproperty
 from caproto.server.server import PvpropertyDouble
 
 TICK_S = 0.01
 """Wall seconds between readback updates while moving."""
+MAX_SETTLE_S = 10.0
+"""Longest settle delay DLY the twin accepts (s)."""
+VMAX_FACTOR = 10.0
+"""VMAX is published as this many times the configured velocity."""
+
+
+class RefusedPut(ValueError):
+    """A field put the record refuses; caproto turns it into a failed write."""
+
+
+def _finite(name: str, value) -> float:
+    value = float(value)
+    if not math.isfinite(value):
+        raise RefusedPut(f"{name}: {value!r} is not a finite number")
+    return value
 
 
 class MotorValue(PvpropertyDouble):
@@ -45,12 +66,14 @@ class MotorAxis(PVGroup):
     def configure(self, *, limits=(0.0, 0.0), egu="mm", velocity=1.0, settle_s=0.0,
                   retry_deadband=0.001, start=0.0, time_scale=1.0) -> None:
         """Set the record's fields before the server starts (SubGroups take no arguments)."""
-        low, high = float(limits[0]), float(limits[1])
+        low, high = _finite("limits", limits[0]), _finite("limits", limits[1])
         if low > high:
             raise ValueError(f"limits: low {low} > high {high}")
-        if velocity <= 0:
+        if not _finite("velocity", velocity) > 0:
             raise ValueError(f"velocity must be > 0, got {velocity}")
-        if time_scale < 0:
+        if not 0 <= _finite("settle_s", settle_s) <= MAX_SETTLE_S:
+            raise ValueError(f"settle_s must be in [0, {MAX_SETTLE_S:g}] s, got {settle_s}")
+        if not _finite("time_scale", time_scale) >= 0:
             raise ValueError(f"time_scale must be >= 0, got {time_scale}")
         self.limits = (low, high)
         self.egu, self.velocity, self.settle_s = egu, float(velocity), float(settle_s)
@@ -77,6 +100,7 @@ class MotorAxis(PVGroup):
         await fields.user_low_limit.write(low, verify_value=False)
         await fields.user_high_limit.write(high, verify_value=False)
         await fields.engineering_units.write(self.egu)
+        await fields.max_velocity.write(self.velocity * VMAX_FACTOR)
         await fields.velocity.write(self.velocity)
         await fields.bl_velocity.write(self.velocity / 10)
         await fields.readback_settle_time.write(self.settle_s)
@@ -93,8 +117,10 @@ class MotorAxis(PVGroup):
     @motor.putter
     async def motor(self, instance, value):
         fields = instance.field_inst
+        value = _finite("VAL", value)
         low, high = fields.user_low_limit.value, fields.user_high_limit.value
-        if low != high and not low <= value <= high:
+        ends = [end for end, _ in self._legs(fields, self.position, value)]
+        if low != high and not all(low <= end <= high for end in ends):
             await fields.limit_violation.write(1)
             return instance.value  # VAL restored, no DMOV pulse
         await fields.limit_violation.write(0)
@@ -116,14 +142,50 @@ class MotorAxis(PVGroup):
 
     @motor.fields.user_high_limit.putter
     async def motor(fields, instance, value):
-        await fields.parent.write_metadata(upper_ctrl_limit=float(value))
-        fields.parent.group.limits = (fields.parent.group.limits[0], float(value))
+        value = _finite("HLM", value)
+        if value < fields.user_low_limit.value:
+            raise RefusedPut(f"HLM: {value} is below LLM {fields.user_low_limit.value}")
+        await fields.parent.write_metadata(upper_ctrl_limit=value)
+        fields.parent.group.limits = (fields.parent.group.limits[0], value)
         return value
 
     @motor.fields.user_low_limit.putter
     async def motor(fields, instance, value):
-        await fields.parent.write_metadata(lower_ctrl_limit=float(value))
-        fields.parent.group.limits = (float(value), fields.parent.group.limits[1])
+        value = _finite("LLM", value)
+        if value > fields.user_high_limit.value:
+            raise RefusedPut(f"LLM: {value} is above HLM {fields.user_high_limit.value}")
+        await fields.parent.write_metadata(lower_ctrl_limit=value)
+        fields.parent.group.limits = (value, fields.parent.group.limits[1])
+        return value
+
+    @motor.fields.velocity.putter
+    async def motor(fields, instance, value):
+        return _speed("VELO", value, fields)
+
+    @motor.fields.bl_velocity.putter
+    async def motor(fields, instance, value):
+        return _speed("BVEL", value, fields)
+
+    @motor.fields.max_velocity.putter
+    async def motor(fields, instance, value):
+        value = _finite("VMAX", value)
+        if value <= 0:
+            raise RefusedPut(f"VMAX: {value} must be > 0")
+        return value
+
+    @motor.fields.bl_distance.putter
+    async def motor(fields, instance, value):
+        value = _finite("BDST", value)
+        low, high = fields.user_low_limit.value, fields.user_high_limit.value
+        if low != high and abs(value) >= high - low:
+            raise RefusedPut(f"BDST: |{value}| must be below the travel {high - low} (HLM - LLM)")
+        return value
+
+    @motor.fields.readback_settle_time.putter
+    async def motor(fields, instance, value):
+        value = _finite("DLY", value)
+        if not 0 <= value <= MAX_SETTLE_S:
+            raise RefusedPut(f"DLY: {value} s must be in [0, {MAX_SETTLE_S:g}] s")
         return value
 
     async def _publish_readback(self, fields, value: float) -> None:
@@ -181,3 +243,12 @@ class MotorAxis(PVGroup):
             return
         await fields.motor_is_moving.write(0)
         await fields.done_moving_to_value.write(1)
+
+
+def _speed(name: str, value, fields) -> float:
+    """VELO or BVEL: finite, > 0 and at most VMAX."""
+    value = _finite(name, value)
+    vmax = float(fields.max_velocity.value)
+    if not 0 < value <= vmax:
+        raise RefusedPut(f"{name}: {value} must be in (0, VMAX={vmax:g}]")
+    return value

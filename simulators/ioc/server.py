@@ -5,15 +5,27 @@ PVs: ``P g2``, ``P stage:x``, ``P stage:y`` (motor records), ``P tube:*`` (gener
 engine and the same :class:`simulators.twins.SimWorld` as the in-process twins, fed with
 the readbacks served here.  One process, because several caproto servers sharing UDP
 5064 on loopback do not all receive unicast searches.
+
+Access rule, as EPICS access security with ``asCheckClientIP``: anyone who reaches the
+server reads every PV; only clients at the IP addresses of ``write_hosts`` (names,
+addresses or networks; loopback by default) write any.  The rule is decided on the peer
+address of the client's TCP connection, never on the host name a client claims, so serve
+with :func:`serve` (:func:`run_ioc`), which provides that; under caproto's stock server
+every write is refused.  The HDF5 plugin writes files only under ``write_path``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import os
+import socket
+from collections.abc import Iterable
 from pathlib import Path
 from types import SimpleNamespace
 
-from caproto.asyncio.server import run
+from caproto import AccessRights
+from caproto.asyncio.server import Context, VirtualCircuit
 from caproto.server import PVGroup, SubGroup
 
 from simulators.physics import Phantom, Setup, detector_shape
@@ -23,6 +35,43 @@ from simulators.twins.world import SimWorld
 from .detector import PaxScanGroup
 from .motor import MotorAxis
 from .tube import TubeGroup
+
+DEFAULT_WRITE_HOSTS = ("127.0.0.1", "::1")
+"""Who may write by default: clients on this machine's loopback only."""
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def write_networks(hosts: Iterable[str]) -> tuple[Network, ...]:
+    """The networks of ``hosts``: addresses, networks (``192.168.1.0/24``) or host names
+    (every address they resolve to, now); ValueError for one that does not resolve."""
+    if isinstance(hosts, str):
+        hosts = [hosts]
+    networks = []
+    for host in hosts:
+        try:
+            networks.append(ipaddress.ip_network(host, strict=False))
+            continue
+        except ValueError:
+            pass
+        try:
+            infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+        except (OSError, UnicodeError) as err:
+            raise ValueError(f"write host {host!r} does not resolve: {err}") from None
+        networks += [ipaddress.ip_network(info[4][0].split("%")[0]) for info in infos]
+    return tuple(dict.fromkeys(networks))
+
+
+def write_allowed(address: str | None, networks: Iterable[Network]) -> bool:
+    """True if the client at IP ``address`` is in one of ``networks`` (a host name, as a
+    stock caproto server passes, never is)."""
+    try:
+        ip = ipaddress.ip_address(str(address).split("%")[0])
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in networks)
 
 
 class TwinIOC(PVGroup):
@@ -39,8 +88,13 @@ class TwinIOC(PVGroup):
                   g2_limits_um=(-5.0, 15.0), stage_limits_mm=((-150.0, 150.0), (-150.0, 150.0)),
                   g2_settle_s: float = 0.05, g2_start_um: float = 0.0,
                   g2_retry_deadband_um: float = 0.001, kv_max: float = 50.0,
-                  ma_max: float = 100.0, kv: float = 0.0, ma: float = 0.0) -> SimWorld:
-        """Set limits, speeds and the physics world; returns the world the detector uses."""
+                  ma_max: float = 100.0, kv: float = 0.0, ma: float = 0.0,
+                  watchdog_s: float = 30.0,
+                  write_hosts: Iterable[str] = DEFAULT_WRITE_HOSTS) -> SimWorld:
+        """Set limits, speeds and the physics world; returns the world the detector uses.
+
+        ``write_hosts``: who may write PVs (see the module); ``write_path``: the only
+        directory tree the HDF5 plugin writes in (no files at all when None)."""
         if not isinstance(setup, Setup):
             raise TypeError(f"setup must be a simulators.physics.Setup, got {type(setup).__name__}")
         if time_scale < 0:
@@ -54,7 +108,8 @@ class TwinIOC(PVGroup):
         for axis, limits in ((self.stage_x, stage_limits_mm[0]), (self.stage_y, stage_limits_mm[1])):
             axis.configure(limits=limits, egu="mm", velocity=STAGE_VELOCITY_MM_S,
                            retry_deadband=0.001, time_scale=time_scale)
-        self.tube.configure(kv_max=kv_max, ma_max=ma_max, kv=kv, ma=ma)
+        self.tube.configure(kv_max=kv_max, ma_max=ma_max, kv=kv, ma=ma, time_scale=time_scale,
+                            watchdog_s=watchdog_s)
         world = SimWorld(setup=setup, phantom=phantom, time_scale=time_scale, seed=seed)
         world.g2 = self.g2
         world.stage = SimpleNamespace(x=self.stage_x, y=self.stage_y)
@@ -67,8 +122,53 @@ class TwinIOC(PVGroup):
                 Path(write_path).mkdir(parents=True, exist_ok=True)
             except OSError as err:
                 raise ValueError(f"write_path {str(write_path)!r} cannot be created: {err}") from err
+        self.det.hdf1.set_write_root(write_path)
+        self.write_networks = write_networks(write_hosts)
+        self._guard_every_channel()
         self.world = world
         return world
+
+    def _guard_every_channel(self) -> None:
+        """Apply the write rule to every PV and record field: each channel's own rights
+        (read-only ones stay read-only), less WRITE for a client not in ``write_networks``."""
+        for channel in self.pvdb.values():
+            for data in (channel, *getattr(channel, "fields", {}).values()):
+                if "check_access" not in vars(data):
+                    data.check_access = _GuardedAccess(self, data)
+
+    def access_rights(self, channel, hostname, username) -> AccessRights:
+        """The rights of the client at IP ``hostname`` on ``channel``."""
+        rights = type(channel).check_access(channel, hostname, username)
+        if write_allowed(hostname, getattr(self, "write_networks", ())):
+            return rights
+        return rights & ~AccessRights.WRITE
+
+
+class _GuardedAccess:
+    """``ChannelData.check_access`` of one channel, deciding through its IOC's rule."""
+
+    def __init__(self, ioc: TwinIOC, channel):
+        self.ioc, self.channel = ioc, channel
+
+    def __call__(self, hostname, username) -> AccessRights:
+        return self.ioc.access_rights(self.channel, hostname, username)
+
+
+class _PeerAddressCircuit(VirtualCircuit):
+    """A client connection whose ``client_hostname``, the host every access check is
+    given, is the peer's IP address; the name the client claims is only kept."""
+
+    @property
+    def client_hostname(self) -> str:
+        return self.circuit.address[0]
+
+    @client_hostname.setter
+    def client_hostname(self, name) -> None:
+        self.claimed_hostname = name
+
+
+class _PeerAddressContext(Context):
+    CircuitClass = _PeerAddressCircuit
 
 
 def interfaces_from_environment() -> list[str]:
@@ -85,8 +185,23 @@ def build_ioc(prefix: str, setup: Setup, phantom: Phantom | None, **options) -> 
     return ioc
 
 
+def serve(ioc: PVGroup, interfaces: list[str] | None = None) -> None:
+    """Serve ``ioc`` until interrupted (SIGINT), access decided on client IP addresses,
+    on ``interfaces`` (default ``interfaces_from_environment()``) and the port
+    ``EPICS_CA_SERVER_PORT`` (5064 when unset)."""
+    interfaces = interfaces or interfaces_from_environment()
+
+    async def run() -> None:  # the context must be made in its event loop
+        await _PeerAddressContext(ioc.pvdb, interfaces).run(log_pv_names=False)
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+
+
 def run_ioc(prefix: str, setup: Setup, phantom: Phantom | None, **options) -> None:
     """Serve the twins until interrupted (SIGINT), on ``interfaces_from_environment()``
-    and the port ``EPICS_CA_SERVER_PORT`` (5064 when unset)."""
-    ioc = build_ioc(prefix, setup, phantom, **options)
-    run(ioc.pvdb, interfaces=interfaces_from_environment(), log_pv_names=False)
+    and the port ``EPICS_CA_SERVER_PORT`` (5064 when unset); ``options`` as for
+    :meth:`TwinIOC.configure` (``write_hosts``, ``write_path``, ...)."""
+    serve(build_ioc(prefix, setup, phantom, **options))

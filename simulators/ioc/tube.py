@@ -8,15 +8,21 @@ fault (``Fault_RBV`` 0) -- a refused open reverts the ``Shutter`` setpoint to 0 
 readback stays closed.  ``FaultReset`` clears an arc unless interlocked.  Test hooks
 ``SimTripInterlock``, ``SimClearInterlock`` and ``SimTripArc`` (put 1) break the source
 the way the hardware breaks; tripping closes the shutter at once.
+
+The exposure timer (``simulators.twins.generator.ExposureTimer``, shared with the
+in-process twin) closes the shutter by itself when no put to ``Heartbeat`` (s) re-arms it
+in time, and raises ``WatchdogTripped_RBV`` (MAJOR alarm) until the shutter next opens.
 """
 
 from __future__ import annotations
 
-from caproto import ChannelType
+import asyncio
+
+from caproto import AlarmSeverity, AlarmStatus, ChannelType
 from caproto.server import PVGroup, pvproperty
 
 from simulators.physics import TubeState
-from simulators.twins.generator import generator_state, refusal
+from simulators.twins.generator import ExposureTimer, generator_state, refusal
 
 
 class TubeGroup(PVGroup):
@@ -38,13 +44,17 @@ class TubeGroup(PVGroup):
     sim_trip_interlock = pvproperty(name="SimTripInterlock", value=0)
     sim_clear_interlock = pvproperty(name="SimClearInterlock", value=0)
     sim_trip_arc = pvproperty(name="SimTripArc", value=0)
+    heartbeat = pvproperty(name="Heartbeat", value=0.0, precision=1, units="s")
+    watchdog_tripped = pvproperty(name="WatchdogTripped_RBV", value=0, read_only=True)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.configure()
 
-    def configure(self, *, kv_max=50.0, ma_max=100.0, kv=0.0, ma=0.0) -> None:
-        """Limits and the initial operating point (kV, mA), before the server starts."""
+    def configure(self, *, kv_max=50.0, ma_max=100.0, kv=0.0, ma=0.0, time_scale=1.0,
+                  watchdog_s=30.0) -> None:
+        """Limits, the initial operating point (kV, mA) and the exposure timer's default
+        (s, recorded time at ``time_scale``), before the server starts."""
         if kv_max <= 0 or ma_max <= 0:
             raise ValueError(f"kv_max and ma_max must be > 0, got {kv_max}, {ma_max}")
         if not 0 <= kv <= kv_max:
@@ -53,6 +63,9 @@ class TubeGroup(PVGroup):
             raise ValueError(f"ma: {ma} mA is outside 0..{ma_max} mA")
         self.kv_max, self.ma_max = float(kv_max), float(ma_max)
         self._initial = (float(kv), float(ma))
+        self.timer = ExposureTimer(self._watchdog_expired, time_scale=time_scale,
+                                   default_s=watchdog_s)
+        self._loop = None
 
     def tube_state(self) -> TubeState:
         """The operating point the physics engine sees (readbacks, not setpoints)."""
@@ -62,6 +75,7 @@ class TubeGroup(PVGroup):
     @kv.startup
     async def kv(self, instance, async_lib):
         kv, ma = self._initial
+        self._loop = asyncio.get_running_loop()
         await self.kv.write_metadata(lower_ctrl_limit=0.0, upper_ctrl_limit=self.kv_max)
         await self.ma.write_metadata(lower_ctrl_limit=0.0, upper_ctrl_limit=self.ma_max)
         await self.kv.write(kv, verify_value=False)
@@ -97,7 +111,27 @@ class TubeGroup(PVGroup):
         if self._refusal("shutter", value):
             return 0  # refused: setpoint reverts, readback stays closed
         await self.shutter_rbv.write(1 if value else 0)
+        if value:
+            await self.watchdog_tripped.write(0, status=AlarmStatus.NO_ALARM,
+                                              severity=AlarmSeverity.NO_ALARM)
+        self.timer.shutter_changed(bool(value))
         return value
+
+    @heartbeat.putter
+    async def heartbeat(self, instance, value):
+        self.timer.beat(value)
+        return value
+
+    def _watchdog_expired(self) -> None:
+        """The timer's thread: close the shutter on the server's loop."""
+        if self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self._watchdog_close(), self._loop)
+
+    async def _watchdog_close(self) -> None:
+        if self.shutter_rbv.value:
+            await self._close_shutter()
+            await self.watchdog_tripped.write(1, status=AlarmStatus.TIMEOUT,
+                                              severity=AlarmSeverity.MAJOR_ALARM)
 
     @fault_reset.putter
     async def fault_reset(self, instance, value):
@@ -132,6 +166,7 @@ class TubeGroup(PVGroup):
         return 0
 
     async def _close_shutter(self) -> None:
+        self.timer.shutter_changed(False)
         await self.shutter.write(0, verify_value=False)
         await self.shutter_rbv.write(0)
 

@@ -39,8 +39,10 @@ class Twins(NamedTuple):
 def build_twins(setup: Setup, phantom: Phantom | None, *, write_path: Path, time_scale: float = 1.0,
                 seed: int = 0, g2_limits_um=(-5.0, 15.0),
                 stage_limits_mm=((-150.0, 150.0), (-150.0, 150.0)),
-                g2_settle_s: float = 0.05, kv_max: float = 50.0, ma_max: float = 100.0) -> Twins:
-    """The four twins sharing one :class:`SimWorld` (device names tube, g2, stage, detector)."""
+                g2_settle_s: float = 0.05, kv_max: float = 50.0, ma_max: float = 100.0,
+                watchdog_s: float = 30.0) -> Twins:
+    """The four twins sharing one :class:`SimWorld` (device names tube, g2, stage, detector);
+    ``watchdog_s``: the generator's exposure timer when the shutter opens (s)."""
     world = SimWorld(setup=setup, phantom=phantom, time_scale=time_scale, seed=seed)
     g2 = SimPiezo(name="g2", limits=g2_limits_um, egu="um", velocity=G2_VELOCITY_UM_S,
                   settle_s=g2_settle_s, time_scale=time_scale, labels={"motors"})
@@ -48,7 +50,8 @@ def build_twins(setup: Setup, phantom: Phantom | None, *, write_path: Path, time
     for motor, limits in ((stage.x, stage_limits_mm[0]), (stage.y, stage_limits_mm[1])):
         motor._limits = (float(limits[0]), float(limits[1]))
         motor.time_scale = float(time_scale)
-    tube = SimTube(name="tube", kv_max=kv_max, ma_max=ma_max, labels={"source"})
+    tube = SimTube(name="tube", kv_max=kv_max, ma_max=ma_max, time_scale=time_scale,
+                   watchdog_s=watchdog_s, labels={"source"})
     detector = SimPaxScan(name="detector", world=world, write_path=write_path, labels={"detectors"})
     world.g2, world.stage, world.tube = g2, stage, tube
     return Twins(tube, g2, stage, detector, world)

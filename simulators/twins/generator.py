@@ -7,6 +7,9 @@ the chain closed and no fault; a fault reset only with the chain closed.
 
 from __future__ import annotations
 
+import math
+import threading
+
 
 def refusal(command: str, value, *, interlock: bool, fault: bool, hv_on: bool,
             kv_max: float, ma_max: float) -> str | None:
@@ -33,3 +36,70 @@ def generator_state(*, interlock: bool, fault: bool, hv_on: bool) -> str:
     if fault:
         return "fault"
     return "ready" if hv_on else "standby"
+
+
+WATCHDOG_FLOOR_WALL_S = 10.0
+"""Shortest wall time the exposure timer runs however small the time scale (s): a client's
+steps (moves, reads, staging) take wall time even when recorded time is compressed."""
+WATCHDOG_MAX_S = 120.0
+"""Longest a heartbeat may arm the timer for (s, recorded time)."""
+
+
+class ExposureTimer:
+    """The generator's exposure (backup) timer, shared by both tube twins.
+
+    Opening the shutter arms it for ``default_s``; every heartbeat re-arms it for the
+    seconds it names (at most WATCHDOG_MAX_S; a non-positive or non-finite beat means
+    ``default_s``); closing the shutter disarms it.  When it runs out with the shutter
+    open, ``on_expiry()`` is called from the timer's thread: the twin closes the shutter.
+    Times are recorded seconds, run at ``time_scale`` wall seconds each, never shorter
+    than ``floor_wall_s``.
+    """
+
+    def __init__(self, on_expiry, *, time_scale: float = 1.0, default_s: float = 30.0,
+                 floor_wall_s: float = WATCHDOG_FLOOR_WALL_S):
+        if not (math.isfinite(default_s) and 0 < default_s <= WATCHDOG_MAX_S):
+            raise ValueError(f"watchdog_s={default_s!r}: must be in (0, {WATCHDOG_MAX_S}] s")
+        self.on_expiry = on_expiry
+        self.time_scale = float(time_scale)
+        self.default_s = float(default_s)
+        self.floor_wall_s = float(floor_wall_s)
+        self.expiries = 0
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+
+    def beat(self, seconds: float) -> None:
+        """Re-arm for ``seconds`` of recorded time."""
+        if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
+            seconds = self.default_s
+        self._arm(min(float(seconds), WATCHDOG_MAX_S))
+
+    def shutter_changed(self, is_open: bool) -> None:
+        """Opening arms the timer (unless a heartbeat already has), closing disarms it."""
+        if not is_open:
+            self._disarm()
+        elif self._timer is None:
+            self._arm(self.default_s)
+
+    def _arm(self, seconds: float) -> None:
+        wall = max(seconds * self.time_scale, self.floor_wall_s)
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = threading.Timer(wall, self._expire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _disarm(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = None
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._timer is None or threading.current_thread() is not self._timer:
+                return  # re-armed or disarmed meanwhile
+            self._timer = None
+            self.expiries += 1
+        self.on_expiry()

@@ -2,25 +2,28 @@
 
 Like areaDetector's HDF5 plugin in Stream mode: ``stage()`` opens a file and composes one
 Resource (spec ``AD_HDF5``); each ``trigger()`` makes a frame with the physics engine,
-waits the time-scaled exposure, appends it to ``/entry/data/data`` (N, rows, cols) and
+waits the time-scaled exposure, appends it to ``/entry/data/data`` (N, rows, cols; ``simulators.frame_file``) and
 composes a Datum whose id is the event's ``detector_image``.  Files are written in SWMR
 mode so frames can be read while the file is still open.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
 from pathlib import Path
 
-import h5py
 from event_model import compose_resource
 from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.status import DeviceStatus
 
+from simulators.frame_file import append_frame, close_frame_file, create_frame_file
 from simulators.physics import detector_shape
+
+log = logging.getLogger(__name__)
 
 
 class SimCam(Device):
@@ -72,11 +75,7 @@ class SimPaxScan(Device):
         name = uuid.uuid4().hex[:12]
         filename = path.resolve() / f"{name}_000000.h5"
         rows, cols = detector_shape(self.world.setup)
-        self._file = h5py.File(filename, "w", libver="latest")
-        self._dataset = self._file.create_dataset(
-            "entry/data/data", shape=(0, rows, cols), maxshape=(None, rows, cols),
-            dtype="<u2", chunks=(1, rows, cols))
-        self._file.swmr_mode = True
+        self._file, self._dataset = create_frame_file(filename, (rows, cols))
         self._resource = compose_resource(spec="AD_HDF5", root="/",
                                           resource_path=str(filename).lstrip("/"),
                                           resource_kwargs={"frame_per_point": 1})
@@ -87,9 +86,10 @@ class SimPaxScan(Device):
         return super().stage()
 
     def unstage(self):
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        file, self._file = self._file, None
+        problem = close_frame_file(file)
+        if problem:
+            log.error("%s: %s", self.name, problem)
         return super().unstage()
 
     def trigger(self):
@@ -99,15 +99,17 @@ class SimPaxScan(Device):
         exposure = float(self.cam.acquire_time.get()) * int(self.cam.num_exposures.get())
         self.cam.acquire.put(1)
         started = time.monotonic()
-        frame = self.world.frame(exposure)  # the state at the start of the exposure
+        state = self.world.state()  # the state at the start of the exposure
 
-        def finish():
+        def finish():  # the frame is made here, off the RunEngine's thread
             try:
+                frame = self.world.frame(exposure, state)
                 time.sleep(max(exposure * self.world.time_scale - (time.monotonic() - started), 0))
                 self._append(frame)
                 self.cam.acquire.put(0)
                 status.set_finished()
             except Exception as err:  # a failed write fails the trigger
+                self.cam.acquire.put(0)
                 status.set_exception(err)
 
         threading.Thread(target=finish, daemon=True, name=f"{self.name}-exposure").start()
@@ -115,10 +117,7 @@ class SimPaxScan(Device):
 
     def _append(self, frame) -> None:
         with self._lock:
-            index = self._dataset.shape[0]
-            self._dataset.resize(index + 1, axis=0)
-            self._dataset[index] = frame
-            self._dataset.flush()
+            index = append_frame(self._dataset, frame)
             datum = self._resource.compose_datum(datum_kwargs={"point_number": index})
             self._asset_docs.append(("datum", datum))
             self.image.put(datum["datum_id"])

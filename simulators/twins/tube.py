@@ -4,6 +4,11 @@ Setpoints are checked like the generator would: kV and mA within limits, the shu
 only with HV on, the interlock chain closed (``interlock`` = 1) and no fault; a refused
 command fails its Status, so a plan sees it.  ``trip_interlock()``/``clear_interlock()``
 and ``trip_arc()`` let tests break the source the way the hardware breaks.
+
+The generator's exposure timer (:class:`simulators.twins.generator.ExposureTimer`) closes
+the shutter by itself when no ``heartbeat`` re-arms it in time; stopping the shutter
+signal or the tube closes the shutter (the RunEngine stops every device it touched on
+pause, halt, suspension and at the end of a run).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from ophyd import Device, Signal
 
 from simulators.physics import TubeState
 
-from .generator import generator_state, refusal
+from .generator import ExposureTimer, generator_state, refusal
 
 
 class RefusedCommand(RuntimeError):
@@ -29,22 +34,54 @@ class CheckedSignal(Signal):
         super().put(value, **kwargs)
 
 
+class ShutterSignal(CheckedSignal):
+    """The shutter (1 open): opening arms the exposure timer, stopping closes it."""
+
+    def put(self, value, *, force=False, **kwargs):
+        super().put(value, force=force, **kwargs)
+        self.parent.timer.shutter_changed(bool(value))
+
+    def stop(self, *, success=False):
+        self.parent.close_shutter_now()
+
+
+class HeartbeatSignal(Signal):
+    """Each put (s, recorded time) re-arms the generator's exposure timer."""
+
+    def put(self, value, **kwargs):
+        super().put(value, **kwargs)
+        self.parent.timer.beat(float(value))
+
+
 class SimTube(Device):
     """Tube voltage (kV), current (mA), HV, shutter (1 open), interlock (1 = closed, ok)."""
 
     kv = Cpt(CheckedSignal, value=0.0, kind="normal")
     ma = Cpt(CheckedSignal, value=0.0, kind="normal")
     hv_on = Cpt(CheckedSignal, value=1, kind="normal")
-    shutter = Cpt(CheckedSignal, value=0, kind="normal")
+    shutter = Cpt(ShutterSignal, value=0, kind="normal")
     interlock = Cpt(Signal, value=1, kind="normal")
     fault = Cpt(Signal, value=0, kind="normal")
     arc = Cpt(Signal, value=0, kind="omitted")
     fault_reset = Cpt(CheckedSignal, value=0, kind="omitted")
     state = Cpt(Signal, value="ready", kind="config")
+    heartbeat = Cpt(HeartbeatSignal, value=0.0, kind="omitted")
+    watchdog_tripped = Cpt(Signal, value=0, kind="omitted")
 
-    def __init__(self, prefix="", *, name, kv_max=50.0, ma_max=100.0, **kwargs):
+    def __init__(self, prefix="", *, name, kv_max=50.0, ma_max=100.0, time_scale=1.0,
+                 watchdog_s=30.0, **kwargs):
+        self.timer = ExposureTimer(self._watchdog_expired, time_scale=time_scale,
+                                   default_s=watchdog_s)
         super().__init__(prefix, name=name, **kwargs)
         self.kv_max, self.ma_max = kv_max, ma_max
+
+    def _watchdog_expired(self) -> None:
+        self.shutter.put(0, force=True)
+        self.watchdog_tripped.put(1)
+
+    def close_shutter_now(self, timeout: float = 3.0) -> None:
+        """Close the shutter at once (the same call as ``devices.XRayTube``'s)."""
+        self.shutter.put(0, force=True)
 
     def check(self, attr: str, value) -> None:
         """Refuse what the generator refuses (raises RefusedCommand); a fault reset clears."""
@@ -52,6 +89,8 @@ class SimTube(Device):
                          hv_on=bool(self.hv_on.get()), kv_max=self.kv_max, ma_max=self.ma_max)
         if reason:
             raise RefusedCommand(f"{self.name}: {reason}")
+        if attr == "shutter" and value:
+            self.watchdog_tripped.put(0)
         if attr == "fault_reset" and value:
             self.fault.put(0)
             self.arc.put(0)
@@ -68,7 +107,7 @@ class SimTube(Device):
 
     def stop(self, *, success=False):
         """Any stop of a plan touching the tube closes the shutter."""
-        self.shutter.put(0, force=True)
+        self.close_shutter_now()
         super().stop(success=success)
 
     def trip_interlock(self) -> None:

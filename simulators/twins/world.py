@@ -32,18 +32,22 @@ class SimWorld:
     _frames: itertools.count = field(default_factory=itertools.count)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def frame(self, exposure_s: float) -> np.ndarray:
-        """One frame of the current state (uint16 ADU); advances the recorded clock."""
+    def state(self) -> dict:
+        """What a frame depends on now: G2 (um), stage (mm) and the tube's operating point."""
+        return {"g2_um": float(self.g2.position),
+                "stage_mm": (float(self.stage.x.position), float(self.stage.y.position)),
+                "tube": self.tube.tube_state()}
+
+    def frame(self, exposure_s: float, state: dict | None = None) -> np.ndarray:
+        """One frame of ``state`` (default: the state now) in uint16 ADU; advances the
+        recorded clock.  Frames are made in the order they are asked for (the panel's lag
+        carries the previous one over)."""
+        state = self.state() if state is None else state
         with self._lock:
             seed = self.seed * 1_000_003 + next(self._frames)
             time_s = self.clock_s
             self.clock_s += exposure_s
-        frame = simulate_frame(
-            self.setup, self.phantom,
-            g2_um=float(self.g2.position),
-            stage_mm=(float(self.stage.x.position), float(self.stage.y.position)),
-            tube=self.tube.tube_state(), exposure_s=exposure_s, seed=seed, time_s=time_s,
-            previous_frame=self.last_frame,
-        )
-        self.last_frame = frame
+            frame = simulate_frame(self.setup, self.phantom, exposure_s=exposure_s, seed=seed,
+                                   time_s=time_s, previous_frame=self.last_frame, **state)
+            self.last_frame = frame
         return frame

@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 from bluesky import RunEngine
-from bluesky.callbacks.zmq import Publisher
 
 from acquisition.config import load_config
 from acquisition.instrument import simulated_instrument
@@ -33,6 +32,7 @@ from acquisition.processing import darkfield_router
 from acquisition.projection import analyse_projection
 from acquisition.reconstruct import load_sets
 from acquisition.remote import by_origin, start_dispatcher
+from acquisition.remote import publisher as remote_publisher
 from acquisition.run_record import read_run_record, record_name, run_recorder
 
 
@@ -134,7 +134,7 @@ def main() -> None:
         for _ in range(args.repeat):
             clock = Clock()
             stop = start_dispatcher(("127.0.0.1", out_port), [by_origin(lambda n, d: None, clock.derived_doc)])
-            publisher = Publisher(("127.0.0.1", in_port))
+            publisher = remote_publisher(("127.0.0.1", in_port))
             time.sleep(0.5)  # 0MQ connections
             remote_spent += run_once(instrument, out, [publisher], clock)
             remote_latency.append(clock.wait())
