@@ -24,6 +24,7 @@ ADDRESSES = os.environ["EPICS_CA_ADDR_LIST"]  # the faulty IOC's port (conftest 
 import devices  # noqa: E402,F401  (first: ophyd's write timeout before any EpicsSignal)
 from bluesky import RunEngine  # noqa: E402
 
+from acquisition.dose import dose_rate_mgy_per_s  # noqa: E402
 from acquisition.instrument import epics_instrument  # noqa: E402
 from acquisition.plans import darkfield_projection, safety, source_suspenders  # noqa: E402
 from conftest import small_config  # noqa: E402
@@ -73,8 +74,12 @@ def main() -> int:
               for name, doc in documents if name == "datum"}
     events = [{"stream": streams[doc["descriptor"]], "seq_num": doc["seq_num"],
                "shutter": doc["data"].get("tube_shutter"), "g2": doc["data"].get("g2"),
+               "kv": doc["data"].get("tube_kv"), "ma": doc["data"].get("tube_ma"),
+               "dose_mgy": doc["data"].get("delivered_dose_mgy"),
                "frame": datums.get(doc["data"].get("detector_image"))}
               for name, doc in documents if name == "event"]
+    rate = dose_rate_mgy_per_s(config.instrument.dose, config.instrument.tube.kv,
+                               config.instrument.tube.ma, None)
     stop = next((doc for name, doc in reversed(documents) if name == "stop"), {})
     try:
         shutter = int(instrument.tube.shutter.get(timeout=3))
@@ -82,7 +87,8 @@ def main() -> int:
         shutter = f"unreadable: {err!r}"
     report = {"exit_status": stop.get("exit_status"), "reason": stop.get("reason"),
               "error": error, "events": events, "shutter_after": shutter,
-              "seconds": time.monotonic() - started}
+              "seconds": time.monotonic() - started, "dose_rate_mgy_per_s": rate,
+              "exposure_s": args.exposure}
     Path(args.report).write_text(json.dumps(report))
     print("DONE", flush=True)
     return 0

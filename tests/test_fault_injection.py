@@ -104,6 +104,15 @@ def frames_readable(report: dict) -> None:
                 event["missing"] = True
 
 
+def dose_is_what_was_exposed(report: dict) -> None:
+    """The recorded dose is that of every sample event with the shutter open, repeats included."""
+    exposed = [e for e in report["events"] if e["stream"] == "primary" and e["shutter"]]
+    recorded = [e["dose_mgy"] for e in report["events"] if e["stream"] == "dose"]
+    assert recorded, "no dose event"
+    assert recorded[-1] == pytest.approx(len(exposed) * report["dose_rate_mgy_per_s"]
+                                         * report["exposure_s"], rel=0.01)
+
+
 def sample_sets_complete(report: dict, steps: int) -> None:
     """The last ``steps`` sample events form one complete set taken with the beam."""
     frames_readable(report)
@@ -134,6 +143,7 @@ def test_ioc_restart_mid_set_repeats_the_set_at_the_planned_settings(scenario, w
     assert report["exit_status"] == "success", report
     sample_sets_complete(report, 5)
     frames_readable(report)
+    dose_is_what_was_exposed(report)
     assert report["shutter_after"] == 0 and run.shutter_readback() == 0
 
 
@@ -150,6 +160,7 @@ def test_ioc_lost_for_good_fails_naming_the_ioc(scenario):
     assert report["exit_status"] == "fail"
     assert "IOC lost" in report["reason"] and run.prefix in report["reason"]
     frames_readable(report)
+    dose_is_what_was_exposed(report)
 
 
 def test_ioc_hung_past_the_echo_timeout_leaves_the_shutter_closed(scenario):

@@ -13,7 +13,7 @@ from bluesky.utils import RunEngineInterrupted
 from acquisition.dose import dose_rate_mgy_per_s
 from acquisition.instrument import simulated_instrument
 from acquisition.plans import darkfield_projection, source_suspenders
-from acquisition.plans.stubs import SetRejected, frame_problem
+from acquisition.plans.checks import SetRejected, frame_problem
 from acquisition.plans.settings import stepping_settings
 from conftest import small_config, validated_documents
 from simulators.twins.generator import ExposureTimer

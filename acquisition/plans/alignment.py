@@ -17,7 +17,8 @@ from reconstruction import fit_stepping
 from ..instrument import Instrument
 from .safety import close_shutter, open_shutter
 from .settings import check, check_reference_clear, check_stage_position, stepping_settings, whole
-from .stubs import HEARTBEAT_MARGIN_S, acquisition_wrapper, checked_frame
+from .checks import HEARTBEAT_MARGIN_S, checked_frame
+from .stubs import acquisition_wrapper
 
 MAX_PERIODS = 10
 """Most G2 periods an alignment scan covers (the piezo travels 20 um, about 4 periods)."""

@@ -18,7 +18,7 @@ from ..frames import HDF5FrameHandler
 from ..instrument import Instrument
 from .safety import close_shutter, open_shutter
 from .settings import SteppingSettings
-from .stubs import HEARTBEAT_MARGIN_S, checked_frame
+from .checks import HEARTBEAT_MARGIN_S, checked_frame
 
 PROBE_STEPS = 3
 

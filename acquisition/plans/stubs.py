@@ -1,4 +1,6 @@
-"""Building blocks shared by the projection and mosaic plans."""
+"""Building blocks shared by the projection and mosaic plans: the source prepared, dark and
+phase-stepping sets (repeated when a frame is rejected or an IOC is lost), the dose tally,
+the start metadata, and the run around them that is safe on every way out."""
 
 from __future__ import annotations
 
@@ -10,51 +12,25 @@ import time
 
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
-from bluesky.utils import FailedStatus
-from epics.ca import ChannelAccessException, ChannelAccessGetFailure
 from ophyd import Signal
-from ophyd.signal import ConnectionTimeoutError
-from ophyd.utils.errors import DisconnectedError, OpException
 
 from ..dose import dose_rate_mgy_per_s
 from ..instrument import Instrument
 from ..nexus import software_version
 from . import safety
+from .checks import (HEARTBEAT_MARGIN_S, RECOVERABLE, FrameRejected, SetRejected, checked_frame,
+                     connection_problem, file_plugin_message, image_exposure_s, reason, wait_for_beam,
+                     wait_for_connection)
 from .safety import (InstrumentConnection, band_suspenders, close_shutter, connection_suspender,
-                     heartbeat, open_shutter, watched_signals)
+                     open_shutter, watched_signals)
 from .settings import SteppingSettings
 
 log = logging.getLogger(__name__)
 
 STREAMS = {"dark": "dark", "reference": "reference", "sample": "primary"}
 """Event stream of each set of frames (the sample scan is bluesky's primary stream)."""
-HEARTBEAT_MARGIN_S = 10.0
-"""The exposure timer runs this long past a frame's exposure before it closes the shutter (s)."""
-BEAM_TOLERANCE = 0.05
-"""kV and mA of a frame with beam may be this fraction off the plan's."""
 SET_ATTEMPTS = 2
 """How often a phase-stepping set is taken before a rejected frame fails the run."""
-BEAM_WAIT_S = 30.0
-"""How long a repeated set waits for the interlock and the generator to be ready (s)."""
-
-
-class FrameRejected(RuntimeError):
-    """A frame was taken without beam, at the wrong settings, or not written."""
-
-
-class SetRejected(RuntimeError):
-    """A phase-stepping set was rejected as often as it may be repeated."""
-
-
-RECOVERABLE = (FrameRejected, FailedStatus, OpException, TimeoutError, ChannelAccessException,
-               ChannelAccessGetFailure)
-"""What repeats a set: a rejected frame; a move, trigger, put or read that failed or timed
-out, as when an IOC is lost mid-set (the suspender then usually takes over first)."""
-
-
-def readings(instrument: Instrument, *extra) -> list:
-    """What every event reads: detector, G2, stage, tube (and e.g. the tile index)."""
-    return [instrument.detector, instrument.g2, instrument.stage, instrument.tube, *extra]
 
 
 def prepare_source(instrument: Instrument, settings: SteppingSettings):
@@ -92,7 +68,7 @@ def restore_settings(instrument: Instrument, settings: SteppingSettings):
             yield from bps.unstage(detector)
             yield from bps.stage(detector)
             yield from prepare_source(instrument, settings)
-            exposure_s = yield from _image_exposure_s(instrument)
+            exposure_s = yield from image_exposure_s(instrument)
             break
         except RECOVERABLE as err:
             if not connection_problem(err):
@@ -105,37 +81,6 @@ def restore_settings(instrument: Instrument, settings: SteppingSettings):
     if not math.isclose(exposure_s, settings.exposure_s, rel_tol=1e-3):
         raise FrameRejected(f"{detector.name}: exposure reads {exposure_s:g} s after re-applying "
                             f"{settings.exposure_s:g} s")
-
-
-def reason(err: BaseException) -> str:
-    """An error as the operator needs it: a failed status says what failed it."""
-    if isinstance(err, FailedStatus) and err.__cause__ is not None:
-        return f"{err.__cause__!r} in {err.args[0]!r}"
-    return str(err)
-
-
-def connection_problem(err: BaseException) -> bool:
-    """Whether ``err`` (or what caused it) is a channel not (yet) connected."""
-    while err is not None:
-        if isinstance(err, (DisconnectedError, ConnectionTimeoutError, ChannelAccessException,
-                            ChannelAccessGetFailure)):
-            return True
-        if type(err) is TimeoutError and "could not connect" in str(err):
-            return True  # ophyd's wait_for_connection
-        err = err.__cause__
-    return False
-
-
-def file_plugin_message(instrument: Instrument):
-    """'; detector says: ...' from the file plugin's WriteMessage, or '' (plan stub)."""
-    signal = getattr(instrument.detector.hdf1, "write_message", None)
-    if signal is None:
-        return ""
-    try:
-        message = yield from bps.rd(signal)
-    except RECOVERABLE:
-        return ""
-    return f"; {instrument.detector.name} says: {message}" if message else ""
 
 
 def dark_set(instrument: Instrument, settings: SteppingSettings, extra=()):
@@ -213,22 +158,6 @@ def _repeated(instrument: Instrument, settings: SteppingSettings, what: str, fra
             yield from wait_for_beam(tube)
 
 
-def wait_for_connection(instrument: Instrument, timeout_s: float | None = None):
-    """Wait until every watched Channel Access signal is connected again (at most
-    ``timeout_s``, default ``safety.LOST_IOC_TIMEOUT_S``); raises InstrumentLost."""
-    timeout_s = safety.LOST_IOC_TIMEOUT_S if timeout_s is None else timeout_s
-    deadline = time.monotonic() + timeout_s
-    while True:
-        lost = [s.pvname for s in watched_signals(instrument)
-                if getattr(s, "pvname", None) and not s.connected]
-        if not lost:
-            return
-        if time.monotonic() > deadline:
-            raise safety.InstrumentLost(f"IOC lost: {', '.join(lost[:4])} disconnected for more "
-                                        f"than {timeout_s:g} s; is the IOC running?")
-        yield from bps.sleep(0.2)
-
-
 def _stepping_frames(instrument, settings, stream, position_mm, extra):
     tube, g2, stage = instrument.tube, instrument.g2, instrument.stage
     yield from close_shutter(tube)
@@ -239,79 +168,6 @@ def _stepping_frames(instrument, settings, stream, position_mm, extra):
         yield from bps.mv(g2, x_um)
         yield from checked_frame(instrument, settings, stream, extra, beam=True)
     yield from close_shutter(tube)
-
-
-def checked_frame(instrument: Instrument, settings: SteppingSettings, stream: str, extra=(),
-                  *, beam: bool):
-    """trigger_and_read one frame (the exposure timer fed first when ``beam``), then check
-    it: raises :class:`FrameRejected` naming what was wrong; returns the reading."""
-    detector, tube = instrument.detector, instrument.tube
-    before = yield from bps.rd(detector.hdf1.num_captured)
-    if beam:
-        yield from heartbeat(tube, settings.exposure_s + HEARTBEAT_MARGIN_S)
-    reading = yield from bps.trigger_and_read(readings(instrument, *extra), name=stream)
-    after = yield from bps.rd(detector.hdf1.num_captured)
-    exposure_s = yield from _image_exposure_s(instrument)
-    data = {key: value["value"] for key, value in reading.items()}
-    problem = frame_problem(data, tube.name, settings, beam=beam, exposure_s=exposure_s,
-                            written=after - before)
-    if problem and after - before != 1:
-        problem += yield from file_plugin_message(instrument)
-    if problem:
-        raise FrameRejected(f"{stream} frame {reading.get(instrument.g2.name, {}).get('value', '?')} "
-                            f"(G2 um): {problem}")
-    return reading
-
-
-def _image_exposure_s(instrument: Instrument):
-    cam = instrument.detector.cam
-    frame_s = yield from bps.rd(cam.acquire_time)
-    frames = yield from bps.rd(cam.num_exposures)
-    return float(frame_s) * max(int(frames), 1)
-
-
-def frame_problem(data: dict, tube: str, settings: SteppingSettings, *, beam: bool,
-                  exposure_s: float, written: int) -> str | None:
-    """What is wrong with a frame, from its event ``data`` (the tube's readbacks), the
-    exposure the detector reports (s) and the frames its file plugin wrote; None if fine.
-    With ``beam``: shutter open, interlock closed, HV on, no fault, kV and mA within
-    BEAM_TOLERANCE of the plan's; without: shutter closed."""
-    if written != 1:
-        return f"{written} frames written to the file for one trigger"
-    if not math.isclose(exposure_s, settings.exposure_s, rel_tol=1e-3):
-        return f"exposure {exposure_s:g} s, planned {settings.exposure_s:g} s (detector settings lost?)"
-    shutter = data.get(f"{tube}_shutter")
-    if not beam:
-        return "shutter open during a dark frame" if shutter else None
-    checks = [(shutter, "shutter closed"), (data.get(f"{tube}_interlock"), "interlock open"),
-              (data.get(f"{tube}_hv_on"), "high voltage off"),
-              (not data.get(f"{tube}_fault"), "generator fault")]
-    for ok, reason in checks:
-        if not ok:
-            return f"no beam: {reason}"
-    for key, planned, unit in (("kv", settings.kv, "kV"), ("ma", settings.ma, "mA")):
-        value = float(data.get(f"{tube}_{key}", float("nan")))
-        if not abs(value - planned) <= BEAM_TOLERANCE * planned:
-            return f"tube at {value:g} {unit}, planned {planned:g} {unit}"
-    return None
-
-
-def wait_for_beam(tube, timeout_s: float = BEAM_WAIT_S):
-    """Wait (at most ``timeout_s``) until the interlock is closed and no fault stands;
-    raises :class:`SetRejected` otherwise (a suspender usually takes over first)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            interlock = yield from bps.rd(tube.interlock)
-            fault = yield from bps.rd(tube.fault)
-        except RECOVERABLE as err:  # its IOC is coming back
-            interlock, fault = f"unread ({err})", None
-        if interlock == 1 and not fault:
-            return
-        if time.monotonic() > deadline:
-            raise SetRejected(f"{tube.name}: no beam for {timeout_s:g} s (interlock {interlock}, "
-                              f"fault {fault})")
-        yield from bps.sleep(0.2)
 
 
 def acquisition_wrapper(instrument: Instrument, settings: SteppingSettings, body, start_md: dict,
