@@ -10,6 +10,7 @@ from .clusters import ClusterAnalysis, analyse_clusters
 from .corrections import correct_drift, debias_amplitude, interpolate_reference
 from .microct import Particle, particles, surface_distribution, table1_descriptor
 from .microtexture import SUSPICIOUS_RATIO, TABLE_1, TEXTURES, Microtexture, classify_microtexture
+from .noise import rice_amplitude, signal_floor
 from .normalisation import normalise_to_surroundings, surrounding_tissue
 from .retrieval import Retrieval, retrieve
 from .roc import RocCurve, confusion_at, roc_curve
@@ -22,7 +23,7 @@ __all__ = [
     "TABLE_1", "TEXTURES", "analyse_clusters", "calcified_mask", "classify_microtexture",
     "fit_stepping", "label_clusters", "normalise_to_surroundings", "retrieve", "segment_clusters",
     "surrounding_tissue", "wrap_phase",
-    "correct_drift", "debias_amplitude", "interpolate_reference",
+    "correct_drift", "debias_amplitude", "interpolate_reference", "rice_amplitude", "signal_floor",
     "RocCurve", "confusion_at", "roc_curve",
     "Particle", "particles", "surface_distribution", "table1_descriptor",
     "Mosaic", "Tile", "place_tiles", "refine_offsets", "stitch",

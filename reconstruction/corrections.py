@@ -6,9 +6,12 @@ fringe phase and intensity, and the low-count bias of the visibility.
 - A global drift between reference and sample (the fringe phase creeping with the
   temperature of the gratings, the tube output changing) shifts dphi and scales T over the
   whole field; an object-free region of the image measures both and they are removed.
-- At low counts the fitted amplitude is biased up: E[a1^2] = a1^2 + 4*var/n for n steps of
-  per-step variance var (Revol et al. 2010); with a known noise gain (variance per unit of
-  signal) the unbiased estimate is sqrt(max(a1^2 - 4*gain*a0/n, 0)).
+- At low counts the fitted amplitude is biased up (Rice distribution): E[a1^2] = a1^2 +
+  4*var/n for n steps of per-step variance var (Revol et al. 2010), E[a1] ~ a1 +
+  sigma^2/(2*a1) with sigma^2 = 2*var/n per harmonic component.  With a known noise gain
+  (variance per unit of signal) the amplitude is replaced by its Rice posterior mean
+  (``noise.rice_amplitude``), never zero.  The earlier sqrt(max(a1^2 - 4*var/n, 0))
+  over-corrected by the same sigma^2/(2*a1) and gave a1 = 0 (eps infinite) at low counts.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import dataclasses
 
 import numpy as np
 
+from .noise import amplitude_sigma, check_noise_model, rice_amplitude
 from .retrieval import Retrieval
 from .stepping import SteppingFit, wrap_phase
 
@@ -67,12 +71,37 @@ def correct_drift(result: Retrieval, free_region: np.ndarray) -> tuple[Retrieval
     return corrected, offset, scale
 
 
-def debias_amplitude(fit: SteppingFit, n_steps: int, noise_gain: float) -> SteppingFit:
-    """The fit with a1 corrected for its low-count bias; ``noise_gain``: variance of one
-    raw frame per unit of its mean (ADU; for a photon counter 1, for an integrating panel
-    the ADU per photon times the energy-spread and Swank factor)."""
-    if n_steps < 3 or not noise_gain > 0:
+def debias_amplitude(fit: SteppingFit, n_steps: int, noise_gain: float, *,
+                     read_noise: float = 0.0) -> SteppingFit:
+    """The fit with a1 replaced by its Rice posterior mean (low-count bias removed, never 0).
+
+    Parameters
+    ----------
+    fit : SteppingFit
+        A dark-subtracted stepping fit (a0, a1 in ADU).
+    n_steps : int
+        Number of equidistant phase steps of the scan (>= 3); each harmonic component then
+        has variance ``2/n_steps`` times that of one step.
+    noise_gain : float
+        Variance of one raw frame per unit of its mean (ADU; for a photon counter 1, for an
+        integrating panel the ADU per photon times the energy-spread and Swank factor).
+    read_noise : float
+        Signal-independent noise of one raw frame (ADU rms).
+
+    Returns
+    -------
+    SteppingFit
+        ``a1 = rice_amplitude(a1, sigma)`` with ``sigma = sqrt(2/n_steps * (noise_gain *
+        max(a0, 0) + read_noise**2))`` (ADU, dtype of the input a1); a0 and phi unchanged.
+        See :func:`reconstruction.noise.rice_amplitude`.
+    """
+    if n_steps < 3:
         raise ValueError(f"need n_steps >= 3 and noise_gain > 0, got {n_steps}, {noise_gain}")
-    bias = 4 * noise_gain * np.clip(fit.a0, 0, None) / n_steps
-    a1 = np.sqrt(np.clip(fit.a1 * fit.a1 - bias, 0, None))
-    return dataclasses.replace(fit, a1=a1.astype(np.asarray(fit.a1).dtype))
+    try:
+        gain, read = check_noise_model(noise_gain, read_noise)
+    except ValueError as err:
+        raise ValueError(f"need n_steps >= 3 and noise_gain > 0, got {n_steps}, {noise_gain}: "
+                         f"{err}") from None
+    a1 = np.asarray(fit.a1)
+    sigma = amplitude_sigma(np.asarray(fit.a0), 2.0 / n_steps, gain, read)
+    return dataclasses.replace(fit, a1=rice_amplitude(a1, sigma).astype(a1.dtype, copy=False))

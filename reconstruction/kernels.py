@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from .noise import amplitude_sigma, rice_amplitude
+
 BLOCK_PIXELS = 1 << 15
 """Pixels per block: 9 steps of 32768 float32 pixels are 1.2 MB, about one L2 cache."""
 _POOL = ThreadPoolExecutor(max_workers=max(1, min(os.cpu_count() or 1, 8)),
@@ -74,19 +76,44 @@ def fit_blocks(stack: np.ndarray, solver: np.ndarray):
 
 
 def retrieve_blocks(sample, solver, dark, reference_a0, reference_visibility, reference_phi,
-                    saturated_reference=None, saturation=None):
+                    saturated_reference=None, saturation=None, floor=0.0, noise=None):
     """Fit the sample and compare it with a fitted reference, block by block.
 
-    ``dark``: 2-D image subtracted from a0 (None: none).  ``saturation``: pixels where any
-    raw sample frame reaches it are NaN.  Returns a dict of 2-D arrays: a0, a1, phi
-    (sample fit, dark subtracted), transmission, dark_field, differential_phase,
-    absorption, scattering.
+    Parameters
+    ----------
+    sample : numpy.ndarray
+        Raw (n, ny, nx) stack.
+    solver : numpy.ndarray
+        (3, n) least-squares solver for (a0, c, s).
+    dark : numpy.ndarray or None
+        2-D dark image subtracted from a0 (ADU; None: none).
+    reference_a0, reference_visibility, reference_phi : numpy.ndarray
+        The reference fit (dark subtracted): mean (ADU), a1/a0, phase (rad).
+    saturated_reference : numpy.ndarray of bool, optional
+        Pixels saturated in the raw reference.
+    saturation : float, optional
+        Pixels where any raw sample frame reaches it are invalid.
+    floor : float
+        Signal floor (ADU, :func:`reconstruction.noise.signal_floor`): a pixel is valid only
+        where both the reference's and the sample's dark-subtracted a0 exceed it.
+    noise : tuple of float, optional
+        (factor, noise_gain, read_noise): replace the sample's amplitude by its Rice
+        posterior mean (:func:`reconstruction.noise.rice_amplitude`) with
+        ``sigma = amplitude_sigma(a0, factor, noise_gain, read_noise)``.
+
+    Returns
+    -------
+    dict of numpy.ndarray
+        2-D a0, a1, phi (sample fit, dark subtracted), transmission, dark_field,
+        differential_phase, absorption, scattering; T, V, dphi, mu and eps are NaN at
+        invalid pixels.
     """
     n, ny, nx = sample.shape
     dtype = work_dtype(sample)
     names = ("a0", "a1", "phi", "transmission", "dark_field", "differential_phase",
              "absorption", "scattering")
     out = {name: np.empty((ny, nx), dtype) for name in names}
+    floor = dtype.type(floor)
 
     def block(first, last):
         rows = slice(first, last)
@@ -94,9 +121,13 @@ def retrieve_blocks(sample, solver, dark, reference_a0, reference_visibility, re
         if dark is not None:
             a0 -= dark[rows].reshape(-1).astype(dtype, copy=False)
         a1 = np.sqrt(c * c + s * s)  # np.hypot is 4x slower and guards overflow we cannot hit
+        if noise is not None:
+            a1 = rice_amplitude(a1, amplitude_sigma(a0, *noise))
         phi = np.arctan2(-s, c)
         ref_a0 = reference_a0[rows].reshape(-1)
-        bad = ~(ref_a0 > 0) | ~(reference_visibility[rows].reshape(-1) > 0)
+        # invalid: no measured signal in the reference or the sample (dead pixels sit at the
+        # dark level and leave float round-off ~1e-5 ADU, which passes a0 > 0), no fringes
+        bad = ~(ref_a0 > floor) | ~(reference_visibility[rows].reshape(-1) > 0) | ~(a0 > floor)
         if saturation is not None:
             bad |= sample[:, rows].max(axis=0).reshape(-1) >= saturation
         if saturated_reference is not None:
@@ -105,7 +136,7 @@ def retrieve_blocks(sample, solver, dark, reference_a0, reference_visibility, re
             transmission = a0 / ref_a0
             dark_field = a1 / (a0 * reference_visibility[rows].reshape(-1))
             transmission[bad] = np.nan
-            dark_field[bad | ~(a0 > 0)] = np.nan
+            dark_field[bad] = np.nan
             absorption = -np.log(transmission)
             scattering = -np.log(dark_field)
         absorption[~(transmission > 0)] = np.nan

@@ -14,13 +14,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from .kernels import retrieve_blocks, work_dtype
+from .noise import (amplitude_sigma, check_noise_model, harmonic_variance_factor, rice_amplitude,
+                    signal_floor)
 from .stepping import SteppingFit, fit_named, step_positions, stepping_solver
 
 
 @dataclass(frozen=True)
 class Retrieval:
     """Sample relative to reference: T, V (visibility ratio), dphi (rad), mu = -ln T and
-    eps = -ln V (NaN where T or V <= 0), and the two stepping fits (dark subtracted)."""
+    eps = -ln V, and the two stepping fits (dark subtracted; with a noise model, the
+    amplitudes a1 are the Rice posterior means).  All five images are NaN at invalid pixels
+    (no signal above :func:`reconstruction.noise.signal_floor` in sample or reference, no
+    fringes in the reference, saturated); mu and eps also where T or V <= 0."""
 
     transmission: np.ndarray
     dark_field: np.ndarray
@@ -74,21 +79,53 @@ def _saturation_level(stack: np.ndarray, saturation):
 
 
 def retrieve(sample, reference, dark=None, *, steps=None, reference_steps=None, period=None,
-             saturation=None) -> Retrieval:
+             saturation=None, noise_gain=None, read_noise=0.0) -> Retrieval:
     """Transmission, dark-field, differential phase, mu and eps of a sample scan.
 
-    ``sample``: raw (n_steps, ny, nx) stack; ``reference``: a raw stack (without sample) or
-    an already dark-corrected :class:`SteppingFit`; ``dark``: None, a 2-D dark image or a
-    3-D stack of dark frames (averaged), subtracted from every raw step of sample and
-    reference.  ``steps``: the sample's G2 positions in the unit of ``period``;
-    ``reference_steps``: the reference's (default: ``steps``).  See :func:`fit_stepping`.
-    Pixels that saturate in any raw frame (``saturation``, default the maximum of an
-    unsigned integer stack) are NaN in every output: hot pixels, overexposure.
     The sample is read once, in cache-sized blocks on all cores (``kernels``).
+
+    Parameters
+    ----------
+    sample : array_like
+        Raw (n_steps, ny, nx) stack (ADU).
+    reference : array_like or SteppingFit
+        A raw stack without sample, or an already dark-corrected :class:`SteppingFit`
+        (used as given: debias a noisy one with
+        :func:`reconstruction.corrections.debias_amplitude` first).
+    dark : array_like, optional
+        None, a 2-D dark image or a 3-D stack of dark frames (averaged), ADU, subtracted
+        from every raw step of sample and reference.
+    steps, reference_steps, period :
+        The sample's and the reference's G2 positions in the unit of ``period``
+        (``reference_steps`` defaults to ``steps``); see :func:`fit_stepping`.
+    saturation : float, optional
+        Raw level (ADU) marking a pixel saturated in any frame; default the maximum of an
+        unsigned integer stack (65535 for 16 bit).  Saturated pixels (hot pixels,
+        overexposure) are NaN in every output.
+    noise_gain : float, optional
+        Variance of one raw frame per unit of its dark-subtracted mean (ADU; 1 for a photon
+        counter, for an integrating panel the ADU per photon times the energy-spread and
+        Swank factor).  Given, the amplitudes of the sample and of a raw reference are
+        replaced by their Rice posterior means (:func:`reconstruction.noise.rice_amplitude`),
+        which removes the low-count bias of V and never gives V <= 0.  None (default): the
+        plain fitted amplitudes, no extra cost.
+    read_noise : float
+        Signal-independent noise of one raw frame (ADU rms), used with ``noise_gain``.
+
+    Returns
+    -------
+    Retrieval
+        T, V, dphi (rad), mu, eps as 2-D images.  A pixel is invalid, NaN in all five,
+        unless the dark-subtracted a0 of sample and reference both exceed
+        :func:`reconstruction.noise.signal_floor` (1e-3 of the reference's median a0): a
+        dead pixel at the dark level leaves only float round-off (~1e-5 ADU) after dark
+        subtraction and would otherwise read T = V = 1.  Also NaN: reference without
+        fringes (a1 = 0), saturated pixels.
     """
     sample = _stack(sample, "sample")
     frame_shape = sample.shape[1:]
     dark_image = _dark_image(dark, frame_shape)
+    noise_model = None if noise_gain is None else check_noise_model(noise_gain, read_noise)
     saturated_reference = None
     if isinstance(reference, SteppingFit):
         if reference_steps is not None:
@@ -108,6 +145,12 @@ def retrieve(sample, reference, dark=None, *, steps=None, reference_steps=None, 
             ref_steps, ref_name = reference_steps, "reference_steps"
         reference_fit = _minus_dark(fit_named(reference, ref_steps, period, stack_name="reference",
                                               steps_name=ref_name), dark_image)
+        if noise_model is not None:
+            factor = harmonic_variance_factor(stepping_solver(*step_positions(
+                reference.shape[0], ref_steps, period)))
+            sigma = amplitude_sigma(reference_fit.a0, factor, *noise_model)
+            reference_fit = SteppingFit(a0=reference_fit.a0, phi=reference_fit.phi,
+                                        a1=rice_amplitude(reference_fit.a1, sigma))
         level = _saturation_level(reference, saturation)
         if level is not None:
             saturated_reference = reference.max(axis=0) >= level
@@ -119,12 +162,14 @@ def retrieve(sample, reference, dark=None, *, steps=None, reference_steps=None, 
         fit_named(sample, steps, period, stack_name="sample")  # raises the named error
     positions, period = step_positions(sample.shape[0], steps, period)
     solver = stepping_solver(positions, period)
+    noise = None if noise_model is None else (harmonic_variance_factor(solver), *noise_model)
     dtype = work_dtype(sample)
     with np.errstate(divide="ignore", invalid="ignore"):
         reference_visibility = (np.asarray(reference_fit.a1) / a0r).astype(dtype, copy=False)
     out = retrieve_blocks(sample, solver, dark_image, a0r.astype(dtype, copy=False),
                           reference_visibility, np.asarray(reference_fit.phi).astype(dtype, copy=False),
-                          saturated_reference, _saturation_level(sample, saturation))
+                          saturated_reference, _saturation_level(sample, saturation),
+                          floor=signal_floor(a0r), noise=noise)
     return Retrieval(
         transmission=out["transmission"],
         dark_field=out["dark_field"],
