@@ -164,3 +164,4 @@ class FrameLoader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+open_frame_files = lambda: []

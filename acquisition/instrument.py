@@ -27,6 +27,9 @@ class Instrument:
     config: Config
     world: Any = None
     """The simulated world (physics setup, phantom, clock) for a twin; None for hardware."""
+    working_point: dict | None = None
+    """Set by ``acquisition.plans.use_working_point``: the G2 start it put into ``config``
+    (``working_point_um``) and where it came from, for the start documents of later runs."""
 
     @property
     def devices(self) -> tuple:
@@ -113,7 +116,7 @@ def epics_instrument(
     """The instrument's ``devices/`` classes over Channel Access, connected.
 
     PVs under ``prefix`` (default ``epics.prefix`` of the config): ``g2``, ``stage:x``,
-    ``stage:y``, ``tube:``, ``det:cam1:``, ``det:HDF1:``; ``write_path`` (default
+    ``stage:y``, ``tube:``, ``det:cam1:``, ``det:HDF1:``, ``det:Stats1:``; ``write_path`` (default
     ``epics.write_path``) is the detector IOC's file directory.  Raises
     :class:`InstrumentNotConnected` naming the missing PVs; nothing is written to a PV.
     """
@@ -124,13 +127,14 @@ def epics_instrument(
     prefix = inst.epics.prefix if prefix is None else prefix
     if not isinstance(prefix, str) or not prefix:
         raise ValueError(f"prefix must be a non-empty string, got {prefix!r}")
+    # labels as the twins have them: bluesky's %wa lists "motors", %ct counts "detectors"
     makers = {
-        "tube": lambda: devices.XRayTube(prefix + "tube:", name="tube"),
+        "tube": lambda: devices.XRayTube(prefix + "tube:", name="tube", labels={"source"}),
         "g2": lambda: devices.PiezoStepper(prefix + "g2", name="g2", settle_time=0.0,
-                                           tolerance_um=inst.g2.tolerance_um),
-        "stage": lambda: devices.SampleStage(prefix, name="stage"),
+                                           tolerance_um=inst.g2.tolerance_um, labels={"motors"}),
+        "stage": lambda: devices.SampleStage(prefix, name="stage", labels={"motors"}),
         # ophyd's HDF5 file-store mixin connects one PV while it is built
-        "detector": lambda: devices.PaxScanDetector(prefix, name="detector",
+        "detector": lambda: devices.PaxScanDetector(prefix, name="detector", labels={"detectors"},
                                                     write_path=write_path or inst.epics.write_path),
     }
     built, missing = {}, []

@@ -38,6 +38,7 @@ from .monitor_panels import (
     ScatterPanel,
 )
 from .projection import SetAssembler, shutter_open
+from .run_record import sample_id
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,7 @@ class MonitorWindow(QtWidgets.QWidget):
     def _raw_factory(self, name, start):
         self.progress.setMaximum(int(start.get("total_frames", 0)) or 1)
         self.progress.setValue(0)
-        self._run_label = f"{start.get('plan_name', '')} {start.get('sample', {}).get('id', '')}"
+        self._run_label = f"{start.get('plan_name', '')} {sample_id(start.get('sample'))}"
         self._raw_start = start
         self._raw_pixel_mm = _pixel_mm(start)
         self.status.setText(self._run_label)

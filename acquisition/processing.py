@@ -70,6 +70,7 @@ class Worker:
         self._closed = False
         self.dropped = 0
         self.failed = 0
+        self.completed = 0  # jobs run (failed ones too)
         ref = weakref.ref(self)  # the thread ends when the Worker is dropped
         self._thread = threading.Thread(target=_serve, args=(ref, self._queue), name=name, daemon=True)
         self._thread.start()
@@ -104,6 +105,7 @@ class Worker:
             log.exception("%s: job failed", self.name)
         finally:
             with self._idle:
+                self.completed += 1
                 self._pending -= 1
                 self._idle.notify_all()
 

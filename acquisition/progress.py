@@ -29,8 +29,9 @@ class PlanProgress(DocumentRouter):
         progress = doc.get("progress") if isinstance(doc.get("progress"), dict) else {}
         total = progress.get("total", doc.get("total_frames"))
         self.counted_stream = progress.get("stream")  # None: every stream with detector images
-        sample = doc.get("sample")
-        sample_id = sample.get("id", "") if isinstance(sample, dict) else ""
+        sample = doc.get("sample")  # the plans' dict, or a string (RE(plan, sample="S-1"))
+        sample_id = sample.get("id", "") if isinstance(sample, dict) else sample
+        sample_id = sample_id if isinstance(sample_id, str) else ""
         label = f"{doc.get('plan_name', 'plan')} {sample_id}".strip()
         self.bar = tqdm(total=total, desc=label, unit=progress.get("unit", "frame"), file=self.file,
                         disable=self.disable, leave=True, dynamic_ncols=True)

@@ -66,6 +66,21 @@ DOSE_STREAM = "dose"
 GRATING_NAMES = {"gold": "depth", "substrate": "substrate_thickness", "field": "field_size"}
 
 
+def sample_fields(sample) -> dict:
+    """A start document's ``sample`` as a dict: the plans' ``{"id": ..., ...}`` as it is, a
+    stock bluesky string (``RE(plan, sample="S-1")``) as ``{"id": "S-1"}``, nothing as {}."""
+    if isinstance(sample, dict):
+        return sample
+    if isinstance(sample, str) and sample.strip():
+        return {"id": sample}
+    return {}
+
+
+def sample_id(sample, default: str = "") -> str:
+    """The id of a start document's ``sample`` (a dict with an ``id`` or a string)."""
+    return str(sample_fields(sample).get("id", default))
+
+
 def record_name(uid: str) -> str:
     """File name of the run record of run ``uid``."""
     return f"run_{uid[:8]}.nxs"
@@ -161,7 +176,7 @@ def write_run_entry(f: h5py.File, start: dict, stop: dict, frames: np.ndarray,
     uid = start["uid"]
     entry = nx_root(f, start.get("software_version", "unknown"))
     entry["program_name"].attrs["configuration"] = start.get("config_digest", "")
-    sample = start.get("sample") or {}
+    sample = sample_fields(start.get("sample"))  # a dict, or a string with stock bluesky
     nx_field(entry, "title", f"{start.get('plan_name', 'run')} of {sample.get('id', 'no sample')}")
     nx_field(entry, "start_time", iso8601(start["time"]))
     nx_field(entry, "end_time", iso8601(stop["time"]))

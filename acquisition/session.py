@@ -3,18 +3,31 @@
 The namespace holds the RunEngine ``RE`` (metadata persisted between sessions), the
 devices ``tube``, ``g2``, ``stage``, ``detector``, the plans, ``bp``/``bps``, the
 suspenders installed on the tube, the on-the-fly processor, the run recorder, a progress
-bar and BestEffortCallback's table (no plots without a display), the run catalogue
-(tiled, ``OUT/catalogue``; raw and derived runs written to it, ``find_runs`` searches it by
-sample id) and bluesky's magics (``%mov``, ``%movr``, ``%wa``, ``%ct``).  Ctrl-C pauses the
-RunEngine as usual.  Only the progress bar runs on the RunEngine's loop; the table, the
-recorder, the catalogue, the processor and the monitor are buffered to threads of their
-own (``flush()`` waits for them), so suspenders and Ctrl-C always answer.
+bar and BestEffortCallback ``bec`` (its table; peaks of 1-D scans in ``bec.peaks``; plots on
+request with ``bec.enable_plots()`` where there is a display), the run catalogue (tiled,
+``OUT/catalogue``; raw and derived runs written to it, ``find_runs`` searches it by sample
+id, ``last_run`` gives the last run), ``use_working_point`` and bluesky's magics (``%mov``,
+``%movr``, ``%wa``, ``%ct``).  Ctrl-C pauses the RunEngine as usual.  Only the progress bar
+runs on the RunEngine's loop; the table, the recorder, the catalogue, the processor and the
+monitor are buffered to threads of their own (``flush()`` waits for them), so suspenders
+and Ctrl-C always answer.
+
+The session starts in about 3 s (``tests/test_session.py`` prints the figure): what is slow
+to start is not done before the first prompt.  The catalogue (tiled's catalogue, server app
+and in-process client, about 5 s with the writer's import) opens in the catalogue writer's
+buffer thread, whose documents wait for it: ``catalogue`` is a
+:class:`acquisition.catalogue.BackgroundCatalogue`, used as the tiled client it becomes;
+the first use waits until it is open.  BestEffortCallback (matplotlib.pyplot, about 0.8 s)
+is built at its first document or first use.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -29,11 +42,145 @@ talbot-lau session: {kind} instrument, frames and derived images in {out}
   plans     darkfield_projection(instrument, sample={{"id": ..., "thickness_mm": ...}})
             darkfield_mosaic(instrument, rows=4, columns=4, overlap=0.0)
             g2_alignment(instrument), tube_warmup(instrument, kv=40, ma=70)
+            use_working_point(instrument, alignment_report(...))   later plans start G2 there
   run       RE(plan)      Ctrl-C pauses; RE.resume() / RE.abort() / RE.stop()
-  results   derived  (the processor's cluster rows of the last runs)
+  results   derived  (the processor's cluster rows of the last runs, with run uid and sample)
             flush()  waits until the last run is recorded, catalogued and processed
             find_runs(catalogue, "biopsy-17")   every run of a sample, raw and (derived=True) derived
+            last_run(catalogue), last_run(catalogue, derived=True)   the last raw or derived run
+            bec.peaks  (after a 1-D scan)   bec.enable_plots()  (with a display)
+  exit      exit, quit or Ctrl-D: the shutter closes, everything held is written first
 """
+
+
+def display_available() -> bool:
+    """Whether matplotlib's Qt backend can draw: an X11 or Wayland display, macOS or Windows,
+    or Qt's off-screen platform (``QT_QPA_PLATFORM=offscreen``: figures drawn, not shown)."""
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+                or sys.platform in ("darwin", "win32")
+                or os.environ.get("QT_QPA_PLATFORM", "").startswith("offscreen"))
+
+
+@functools.cache
+def _best_effort_class() -> type:
+    """BestEffortCallback that finds peaks of 1-D scans also without plots (no display)."""
+    from bluesky.callbacks.best_effort import BestEffortCallback
+    from bluesky.callbacks.fitting import PeakStats
+
+    class PeaksBestEffortCallback(BestEffortCallback):
+        """Stock BestEffortCallback; with plots disabled it still fits ``PeakStats`` to the
+        hinted numeric fields of a 1-D scan's primary stream, so ``peaks`` fills (com, cen,
+        max, min, fwhm) as it does under plots."""
+
+        def _set_up_plots(self, doc, stream_name, columns):
+            if self._plots_enabled:
+                return super()._set_up_plots(doc, stream_name, columns)
+            if (stream_name in self.noplot_streams or not columns or stream_name != self.dim_stream
+                    or len(self.dim_fields) != 1
+                    or (self._start_doc.get("num_points") == 1 and self.omit_single_point_plot)):
+                return None
+            (x_key,) = self.dim_fields
+            stats = {}
+            for y_key in columns:
+                if doc["data_keys"][y_key]["dtype"] in ("number", "integer"):
+                    peak = PeakStats(x=x_key, y=y_key,
+                                     calc_derivative_and_stats=self._calc_derivative_and_stats)
+                    peak("start", self._start_doc)
+                    peak("descriptor", doc)
+                    stats[y_key] = peak
+            self._peak_stats[doc["uid"]] = stats
+            return None
+
+    PeaksBestEffortCallback.__qualname__ = "PeaksBestEffortCallback"
+    return PeaksBestEffortCallback
+
+
+class SessionBestEffort:
+    """The session's ``bec``: bluesky's BestEffortCallback, built at its first document or
+    first use (its import takes matplotlib.pyplot), with plots disabled and peaks of 1-D
+    scans still found (``bec.peaks``).  Everything else is the BestEffortCallback's.
+
+    ``enable_plots()`` (from the IPython prompt) turns live plots on where there is a
+    display: matplotlib's Qt backend with IPython's Qt event loop, and bluesky's Qt
+    teleporter, so the callback, which runs in the table's buffer thread, draws in the main
+    thread.  Without a display it says so and leaves the plots off."""
+
+    _COPIED = ("_heading_enabled", "_table_enabled", "_baseline_enabled", "overplot",
+               "noplot_streams", "omit_single_point_plot")
+
+    def __init__(self):
+        self._bec = None
+        self._lock = threading.Lock()
+        self._teleported = False
+        self.buffer = None
+        """The DocumentBuffer that feeds it: ``peaks`` is read after it caught up."""
+
+    def catch_up(self, timeout: float = 10.0) -> bool:
+        """Wait (at most ``timeout`` s) until it has handled every document so far: its
+        buffer drained and, with plots, the documents teleported to the main thread handled
+        (Qt events processed there).  True if it did in time."""
+        done = self.buffer.drain(timeout) if self.buffer is not None else True
+        if self._teleported and threading.current_thread() is threading.main_thread():
+            from matplotlib.backends.qt_compat import QtWidgets
+
+            app = QtWidgets.QApplication.instance()
+            if app is not None:
+                app.processEvents()
+        return done
+
+    def _callback(self, *, teleporter: bool = False):
+        with self._lock:
+            if self._bec is None or teleporter:
+                bec = _best_effort_class()(use_teleporter=teleporter)
+                if self._bec is not None:
+                    for name in self._COPIED:
+                        setattr(bec, name, getattr(self._bec, name))
+                else:
+                    bec.disable_plots()
+                self._bec = bec
+            return self._bec
+
+    def __call__(self, name, doc):
+        return self._callback()(name, doc)
+
+    def enable_plots(self) -> bool:
+        """Live plots (and their peaks) from the next run on; False, with a note, without a
+        display.  Call it at the prompt (the main thread)."""
+        if not display_available():
+            print("bec: no display (DISPLAY unset): plots stay off; bec.peaks still fills "
+                  "after a 1-D scan")
+            return False
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("bec.enable_plots(): call it from the session's prompt (main thread)")
+        from matplotlib.backends.qt_compat import QtWidgets  # pyqtgraph's binding (PyQt6)
+
+        # a running Qt application: matplotlib then takes Qt as the interactive framework
+        self._app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(["talbot-lau"])
+        import matplotlib.pyplot as plt
+
+        plt.switch_backend("qtagg")  # its first figure starts IPython's Qt loop at the prompt
+        plt.ion()
+        from bluesky.callbacks.mpl_plotting import initialize_qt_teleporter
+
+        initialize_qt_teleporter()  # the RunEngine pumps Qt while a plan runs (DefaultDuringTask)
+        self._callback(teleporter=True).enable_plots()
+        self._teleported = True
+        return True
+
+    @property
+    def peaks(self):
+        """The peaks of the last 1-D scan, once the table has seen its stop document."""
+        if threading.current_thread() is threading.main_thread():
+            self.catch_up(10.0)
+        return self._callback().peaks
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name in ("buffer", "_bec", "_lock", "_teleported", "_app"):
+            raise AttributeError(name)
+        return getattr(self._callback(), name)
+
+    def __repr__(self) -> str:
+        return f"<SessionBestEffort of {self._bec!r}>" if self._bec else "<SessionBestEffort (not built yet)>"
 
 
 def metadata_dir() -> Path:
@@ -55,7 +202,11 @@ class SessionSubscribers:
     def after_cell(self, *args) -> None:
         """IPython's post_run_cell hook: the table printed to its end before the prompt."""
         if not self.closed:
-            self.buffers[0].drain(2.0)
+            table = getattr(self.buffers[0], "target", None)
+            if isinstance(table, SessionBestEffort):
+                table.catch_up(2.0)
+            else:
+                self.buffers[0].drain(2.0)
 
     def flush(self, timeout: float = 60.0) -> bool:
         """Wait (at most ``timeout`` s in all) until every document so far is recorded,
@@ -86,7 +237,7 @@ class SessionSubscribers:
             done &= buffer.close(max(deadline - time.monotonic(), 0.0))
         done &= self.processor.close(max(deadline - time.monotonic(), 0.0))
         try:
-            self.catalogue.context.close()
+            self.catalogue.close(max(deadline - time.monotonic(), 1.0))
         except Exception:
             log.exception("session: closing the catalogue failed")
             done = False
@@ -109,18 +260,18 @@ def session_namespace(instrument, out_dir: str | Path, *, kind: str = "simulated
     writer, the processor and the monitor each get the documents through a
     :class:`acquisition.processing.DocumentBuffer` (a thread of their own), so no file,
     catalogue or frame I/O ever holds the loop and suspenders and Ctrl-C always answer.
-    ``flush()`` in the namespace waits until they have caught up; the namespace's
+    The catalogue opens in its writer's buffer thread (its first job; documents wait behind
+    it).  ``flush()`` in the namespace waits until they have caught up; the namespace's
     ``session`` (:class:`SessionSubscribers`) closes them at the exit."""
     import bluesky.plan_stubs as bps
     import bluesky.plans as bp
     from bluesky import RunEngine
-    from bluesky.callbacks.best_effort import BestEffortCallback
     from bluesky.utils import PersistentDict
 
     from . import plans
-    from .plans.source import honour_time_scale
-    from .catalogue import catalogue_writer, find_runs, open_catalogue
+    from .catalogue import BackgroundCatalogue, catalogue_writer, find_runs, last_run
     from .demo import DerivedCollector
+    from .plans.source import honour_time_scale
     from .processing import DocumentBuffer, darkfield_router
     from .progress import PlanProgress
     from .run_record import run_recorder
@@ -134,12 +285,15 @@ def session_namespace(instrument, out_dir: str | Path, *, kind: str = "simulated
     else:
         engine = RunEngine({})
     engine.record_interruptions = True  # suspensions and pauses: an "interruptions" stream
+    engine.md_normalizer = plans.working_point_metadata(instrument)  # after use_working_point
     metadata_dir().mkdir(parents=True, exist_ok=True)
     engine.md = PersistentDict(str(metadata_dir()))
-    bec = BestEffortCallback()
-    bec.disable_plots()
+    bec = SessionBestEffort()
     derived = DerivedCollector()
-    catalogue = open_catalogue(out / "catalogue", readable=[out, *([frames_dir] if frames_dir else [])])
+    catalogue = BackgroundCatalogue(out / "catalogue",
+                                    readable=[out, *([frames_dir] if frames_dir else [])])
+    catalogue_buffer = DocumentBuffer(catalogue_writer(catalogue), "catalogue")
+    catalogue_buffer.worker.submit(catalogue.open)  # first in its thread: documents wait for it
     # the processor publishes from its worker thread: these consumers run there
     derived_consumers = [derived, catalogue_writer(catalogue)]
     if monitor is not None:
@@ -151,9 +305,10 @@ def session_namespace(instrument, out_dir: str | Path, *, kind: str = "simulated
             consumer(name, doc)
 
     processor = darkfield_router(out, publish=publish)
-    buffers = [DocumentBuffer(bec, "table"),
+    bec.buffer = DocumentBuffer(bec, "table")
+    buffers = [bec.buffer,
                DocumentBuffer(run_recorder(out), "run-recorder"),
-               DocumentBuffer(catalogue_writer(catalogue), "catalogue"),
+               catalogue_buffer,
                DocumentBuffer(processor, "processor")]
     if monitor is not None:
         buffers.append(DocumentBuffer(monitor.raw_callback, "monitor"))
@@ -167,8 +322,8 @@ def session_namespace(instrument, out_dir: str | Path, *, kind: str = "simulated
         "RE": engine, "bec": bec, "bp": bp, "bps": bps, "instrument": instrument,
         "tube": instrument.tube, "g2": instrument.g2, "stage": instrument.stage,
         "detector": instrument.detector, "derived": derived.clusters,
-        "catalogue": catalogue, "find_runs": find_runs, "processor": processor,
-        "flush": subscribers.flush, "session": subscribers,
+        "catalogue": catalogue, "find_runs": find_runs, "last_run": last_run,
+        "processor": processor, "flush": subscribers.flush, "session": subscribers,
         "help_text": HELP.format(kind=kind, out=out), "monitor": monitor,
     }
     namespace.update({name: getattr(plans, name) for name in plans.__all__})

@@ -1,9 +1,12 @@
-"""The Varian PaxScan 2520D flat panel as an ophyd areaDetector (cam + HDF5 plugin).
+"""The Varian PaxScan 2520D flat panel as an ophyd areaDetector (cam + HDF5 + stats plugins).
 
-PVs ``P + "det:cam1:"`` (an ADVarian-style cam) and ``P + "det:HDF1:"`` (ADCore's HDF5
-plugin in Stream mode).  Frames are written by the IOC to ``/entry/data/data`` and the
-documents carry Resource/Datum references (spec ``AD_HDF5``): one 2-D image per event,
-described as ``[rows, cols]``, the same shape as the simulated twin.  The panel caps a
+PVs ``P + "det:cam1:"`` (an ADVarian-style cam), ``P + "det:HDF1:"`` (ADCore's HDF5
+plugin in Stream mode) and ``P + "det:Stats1:"`` (ADCore's NDStats plugin).  Frames are
+written by the IOC to ``/entry/data/data`` and the documents carry Resource/Datum
+references (spec ``AD_HDF5``): one 2-D image per event, described as ``[rows, cols]``, the
+same shape as the simulated twin.  Beside the image, each event carries the image's mean
+(ADU, ``detector_stats1_mean_value``, hinted): what ``%ct`` prints and what
+BestEffortCallback tabulates and finds peaks in.  The panel caps a
 single frame at a few seconds, so a 9 s exposure is ``AcquireTime`` x ``NumExposures``
 summed into one image.  A trigger fails (``StatusTimeoutError``) when the image has not
 come ``READOUT_MARGIN_S`` after its exposure time: a lost or hung IOC never hangs a plan.
@@ -17,7 +20,7 @@ from ophyd.areadetector import DetectorBase, SingleTrigger
 from ophyd.areadetector.base import EpicsSignalWithRBV
 from ophyd.areadetector.cam import AreaDetectorCam
 from ophyd.areadetector.filestore_mixins import FileStoreHDF5IterativeWrite
-from ophyd.areadetector.plugins import HDF5Plugin_V34
+from ophyd.areadetector.plugins import HDF5Plugin_V34, StatsPlugin
 from ophyd.status import DeviceStatus
 
 CAM_CONFIGURATION = ("acquire_time", "num_exposures", "image_mode", "num_images", "trigger_mode",
@@ -47,15 +50,20 @@ class PaxScanDetector(SingleTrigger, DetectorBase):
 
     cam = Cpt(PaxScanCam, "det:cam1:")
     hdf1 = Cpt(HDF5PluginWithFileStore, "det:HDF1:", write_path_template="/data/talbot-lau/")
+    stats1 = Cpt(StatsPlugin, "det:Stats1:")  # NDStats: the image's mean is a hinted reading
 
     def __init__(self, prefix="", *, name, write_path=None, **kwargs):
         super().__init__(prefix, name=name, **kwargs)
         if write_path is not None:
             self.hdf1.write_path_template = str(write_path).rstrip("/") + "/"
-        self.read_attrs = ["hdf1"]  # the image reference is the event's only reading
+        # the image reference and the image's mean are the event's readings
+        self.read_attrs = ["hdf1", "stats1.mean_value"]
+        self.stats1.mean_value.kind = "hinted"  # after read_attrs, which makes it plain normal
         self.hdf1.read_attrs = []
         self.cam.configuration_attrs = list(CAM_CONFIGURATION)
         self.hdf1.configuration_attrs = []
+        self.stats1.configuration_attrs = []
+        self.stats1.stage_sigs["compute_statistics"] = "Yes"  # NDStats computes nothing otherwise
         self.stage_sigs["cam.num_images"] = 1  # one image (a sum of NumExposures frames) a trigger
 
     def trigger(self):

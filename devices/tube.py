@@ -2,9 +2,12 @@
 
 There is no public EPICS support for the FR 591; the PVs follow what generator IOCs expose:
 kV and mA setpoints with readbacks, HV on/off, shutter, interlock chain, fault and arc
-state, fault reset and the generator state.  Setpoints complete only when their readback
-follows, so a command the generator refuses (shutter open while interlocked) fails its
-Status instead of passing silently.
+state, fault reset and the generator state.  Setpoints are put with completion and
+complete only when their readback follows, so a command the generator refuses (shutter
+open while interlocked) fails its Status instead of passing silently: at once with
+:class:`RefusedCommand` when the IOC fails the put (the setpoint PV keeps its old value),
+else after WRITE_TIMEOUT_S when the readback does not follow.  ``HVOn`` and ``Shutter``
+may be enums (Off/On, Closed/Open): the signals read and take their index, 0 or 1.
 
 Safety (docs/reliability.md):
 
@@ -21,9 +24,13 @@ Safety (docs/reliability.md):
 from __future__ import annotations
 
 import logging
+import math
+import threading
+import time
 
 from ophyd import Component as Cpt
 from ophyd import Device, EpicsSignal, EpicsSignalRO
+from ophyd.status import Status
 
 WRITE_TIMEOUT_S = 5.0
 CLOSE_TIMEOUT_S = 3.0
@@ -36,14 +43,81 @@ class ShutterNotClosed(RuntimeError):
     """Neither ophyd's channel nor a fresh connection could confirm the shutter closed."""
 
 
+class RefusedCommand(RuntimeError):
+    """The generator refused a command: the IOC failed the put and the setpoint kept its
+    old value."""
+
+
+POLL_S = 0.02
+"""How often ``ConfirmedSignal.set`` reads the readback while waiting for it (s)."""
+
+
 class ConfirmedSignal(EpicsSignal):
-    """A setpoint whose ``set`` waits (at most WRITE_TIMEOUT_S) for the readback to follow."""
+    """A setpoint whose ``set`` puts with completion, then fails at once with
+    :class:`RefusedCommand` if the setpoint PV did not take the value (the IOC refused the
+    put), else waits for the readback to follow within ``tolerance``; the whole within
+    ``timeout`` (WRITE_TIMEOUT_S), or ``TimeoutError``."""
 
     def __init__(self, read_pv, write_pv=None, *, tolerance=0.5, **kwargs):
         super().__init__(read_pv, write_pv=write_pv, tolerance=tolerance, **kwargs)
 
     def set(self, value, *, timeout=WRITE_TIMEOUT_S, settle_time=None, **kwargs):
-        return super().set(value, timeout=timeout, settle_time=settle_time, **kwargs)
+        status = Status(self, settle_time=settle_time)
+
+        def confirm():
+            try:
+                self._confirm(value, timeout)
+            except Exception as err:  # the Status carries it to the caller
+                status.set_exception(err)
+            else:
+                status.set_finished()
+
+        threading.Thread(target=confirm, name=f"{self.name}.set", daemon=True).start()
+        return status
+
+    def _index(self, value):
+        """An enum state name as its index (the signals read indices)."""
+        if isinstance(value, str) and self.enum_strs and value in self.enum_strs:
+            return self.enum_strs.index(value)
+        return value
+
+    def _matches(self, actual, value) -> bool:
+        try:
+            return abs(float(actual) - float(value)) <= (self.tolerance or 0.0)
+        except (TypeError, ValueError):
+            return actual == value
+
+    def _confirm(self, value, timeout) -> None:
+        timeout = math.inf if timeout is None else float(timeout)
+        deadline = time.monotonic() + timeout
+        value = self._index(value)
+        completed = threading.Event()
+        self.put(value, use_complete=True, callback=lambda **kwargs: completed.set())
+        if not completed.wait(min(max(deadline - time.monotonic(), 0.0), 1e6)):
+            raise TimeoutError(f"{self.name}: the put of {value!r} to {self.setpoint_pvname} "
+                               f"did not complete within {timeout:g} s")
+        setpoint = self.get_setpoint(use_monitor=False)
+        if not self._matches(setpoint, value):
+            raise RefusedCommand(self._refusal_message(value, setpoint))
+        while True:
+            readback = self.get(use_monitor=False)
+            if self._matches(readback, value):
+                return
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{self.name}: {self.pvname} reads {readback!r}, did not "
+                                   f"follow to value {value!r} and timed out after {timeout:g} s")
+            time.sleep(POLL_S)
+
+    def _refusal_message(self, value, setpoint) -> str:
+        state = ""
+        parent_state = getattr(self.parent, "state", None)
+        if parent_state is not None and parent_state is not self:
+            try:
+                state = f"; generator state {parent_state.get(use_monitor=False)!r}"
+            except Exception:  # the message only
+                pass
+        return (f"{self.name}: the generator refused {self.setpoint_pvname} = {value!r} "
+                f"(the put failed, the setpoint reads {setpoint!r}{state})")
 
 
 class ShutterSignal(ConfirmedSignal):
@@ -85,7 +159,8 @@ class XRayTube(Device):
 
         try:
             write(self.shutter.setpoint_pvname, 0, notify=True, timeout=timeout, repeater=False)
-            readback = read(self.shutter.pvname, timeout=timeout, repeater=False).data[0]
+            readback = read(self.shutter.pvname, timeout=timeout, repeater=False,
+                            force_int_enums=True).data[0]
         except Exception as err:
             raise ShutterNotClosed(
                 f"{self.name}: could not close the shutter ({self.shutter.setpoint_pvname}): "

@@ -80,7 +80,7 @@ def caget(pvname: str, port: int, timeout: float = 3.0):
     from caproto.sync.client import read
 
     with searching_port(port):
-        return read(pvname, timeout=timeout, repeater=False).data[0]
+        return read(pvname, timeout=timeout, repeater=False, force_int_enums=True).data[0]
 
 
 def _wait_until_serving(pvname: str, process: subprocess.Popen, log_path, port: int = CA_PORT,

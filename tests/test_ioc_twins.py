@@ -5,6 +5,7 @@ and a time scale of 0.001, so a recorded 9 s exposure takes 50 ms of wall time (
 twin's shortest image).
 """
 
+import re
 import time
 
 import epics
@@ -18,6 +19,7 @@ from ophyd.utils import LimitError
 
 import devices
 from conftest import small_config, validated_documents
+from devices.tube import RefusedCommand
 
 pytest_plugins = ["ioc_fixture"]  # the session fixture ``ioc``
 CONNECT_S = 10.0
@@ -145,9 +147,11 @@ def test_tube_shutter_opens_and_is_refused_while_interlocked(ioc, tube):
     epics.caput(ioc.pv("tube:SimTripInterlock"), 1, wait=True)
     wait_for(lambda: tube.interlock.get() == 0 and tube.shutter.get() == 0, what="trip")
     assert tube.state.get() == "interlocked"
-    status = tube.shutter.set(1, timeout=1.0)
-    with pytest.raises(TimeoutError, match="to value 1 and timed out"):
-        status.wait(timeout=3)
+    started = time.monotonic()
+    status = tube.shutter.set(1, timeout=5.0)
+    with pytest.raises(RefusedCommand, match="refused .*Shutter = 1.*'interlocked'"):
+        status.wait(timeout=3)  # the IOC fails the put: refused at once, not timed out
+    assert time.monotonic() - started < 1.0
     assert not status.success and tube.shutter.get() == 0
     assert EpicsSignal(ioc.pv("tube:Shutter"), name="cmd").get() == 0  # the command was refused
 
@@ -162,8 +166,8 @@ def test_arc_faults_the_tube_until_fault_reset(ioc, tube):
     epics.caput(ioc.pv("tube:SimTripArc"), 1, wait=True)
     wait_for(lambda: tube.fault.get() == 1 and tube.shutter.get() == 0, what="arc")
     assert tube.arc.get() == 1 and tube.state.get() == "fault"
-    with pytest.raises(TimeoutError, match="to value 1 and timed out"):
-        tube.shutter.set(1, timeout=0.5).wait(timeout=3)
+    with pytest.raises(RefusedCommand, match="refused .*Shutter = 1.*'fault'"):
+        tube.shutter.set(1).wait(timeout=3)
     tube.fault_reset.put(1)
     wait_for(lambda: tube.fault.get() == 0, what="fault reset")
     assert tube.state.get() == "ready"
@@ -306,6 +310,8 @@ def test_session_runs_a_plan_on_the_ioc_twins(ioc, tmp_path):
 
     lines = "\n".join([
         "%mov g2 1.2",
+        "%wa",  # the EPICS devices carry the twins' labels
+        "%ct",  # NDStats: the mean ADU beside the image reference
         "RE(darkfield_projection(instrument, steps=3, dark_frames=1, exposure_s=1.0, sample='ca-s'))",
         "print('SHUTTER', tube.shutter.get(), 'G2', round(g2.position, 3), type(g2).__name__)",
     ])
@@ -316,4 +322,58 @@ def test_session_runs_a_plan_on_the_ioc_twins(ioc, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"talbot-lau session: EPICS ({ioc.prefix}) instrument" in done.stdout
     assert "SHUTTER 0 G2" in done.stdout and "PiezoStepper" in done.stdout
+    assert re.search(r"^\s*g2\s+1\.2", done.stdout, re.M) and re.search(r"^\s*stage_x\s", done.stdout, re.M)
+    assert re.search(r"^detector_stats1_mean_value\s+\d+\.\d+$", done.stdout, re.M)
     assert list((tmp_path / "data").glob("run_*"))  # the run record, as with the twins
+
+
+def test_stats_plugin_gives_each_event_the_mean_of_its_frame(ioc, tube):
+    """``det:Stats1:`` (NDStats) over CA: the image's mean is a hinted reading of every event,
+    computed from the very frame the HDF5 plugin wrote, before the trigger completes."""
+    detector = devices.PaxScanDetector(ioc.prefix, name="detector", write_path=ioc.write_path)
+    detector.wait_for_connection(timeout=CONNECT_S)
+    assert detector.hints == {"fields": ["detector_stats1_mean_value"]}
+    detector.cam.acquire_time.set(1.0).wait(timeout=5)
+    engine = RunEngine({})
+    documents = validated_documents(engine)
+    engine(bp.count([detector], num=2))  # shutter closed: dark frames
+    tube.shutter.set(1).wait(timeout=5)
+    engine(bp.count([detector], num=1))  # open beam
+    tube.shutter.set(0).wait(timeout=5)
+
+    descriptor = next(doc for name, doc in documents if name == "descriptor")
+    assert descriptor["data_keys"]["detector_stats1_mean_value"]["dtype"] == "number"
+    assert descriptor["hints"]["detector"]["fields"] == ["detector_stats1_mean_value"]
+    datums = {doc["datum_id"]: doc for name, doc in documents if name == "datum"}
+    resources = {doc["uid"]: doc for name, doc in documents if name == "resource"}
+    means = []
+    for event in (doc for name, doc in documents if name == "event"):
+        datum = datums[event["data"]["detector_image"]]
+        path = "/" + resources[datum["resource"]]["resource_path"].lstrip("/")
+        with h5py.File(path, "r") as f:
+            frame = f["entry/data/data"][datum["datum_kwargs"]["point_number"]]
+        mean = event["data"]["detector_stats1_mean_value"]
+        assert mean == pytest.approx(frame.mean(), rel=1e-9)
+        means.append(mean)
+    assert means[2] > 5 * max(means[:2])  # the beam, not the dark offset
+
+
+def test_the_shutter_closes_through_a_fresh_channel_when_ophyds_refuses(ioc, tube, monkeypatch):
+    """After a hung IOC ophyd's channels can stay read-only: closing then goes through a
+    fresh Channel Access connection and confirms the readback."""
+    from ophyd.utils.errors import ReadOnlyError
+
+    tube.kv.set(40.0).wait(timeout=5)
+    tube.ma.set(70.0).wait(timeout=5)
+    tube.shutter.set(1).wait(timeout=5)
+    assert tube.shutter.get() == 1
+
+    def read_only(*args, **kwargs):
+        raise ReadOnlyError("tube_shutter: write access denied (as after a hung IOC)")
+
+    monkeypatch.setattr(tube.shutter, "set", read_only)
+    tube.shutter.stop()  # what the RunEngine calls on pause, halt and suspension
+    deadline = time.monotonic() + 3
+    while tube.shutter.get(use_monitor=False) != 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert tube.shutter.get(use_monitor=False) == 0

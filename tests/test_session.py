@@ -1,15 +1,36 @@
-"""`talbot-lau session --sim`: IPython with the instrument, magics and plans, run as a user would."""
+"""`talbot-lau session --sim`: IPython with the instrument, magics and plans, run as a user would;
+the session's namespace in process (stock bluesky habits); its exits and its start time."""
 
 import os
+import re
+import statistics
 import subprocess
 import sys
+import time
+
+import bluesky.plans as bp
+import h5py
+import numpy as np
+import pytest
+from conftest import small_config
+
+from acquisition.catalogue import (BackgroundCatalogue, CatalogueNotReady, catalogue_writer, find_runs, last_run,
+                                  open_catalogue)
+from acquisition.instrument import simulated_instrument
+from acquisition.plans import PlanArgumentError, alignment_report
+from acquisition.session import session_namespace
 
 
 def test_session_runs_a_plan_through_ipython_and_the_magics(tmp_path):
     lines = "\n".join([
         "%mov g2 1.6",
         "%wa",
+        "%ct",
         "RE.md['operator'] = 'tester'",
+        "print('PLOTS', bec.enable_plots())",  # Qt off screen (conftest): a display of sorts
+        "RE(bp.scan([detector], g2, 0, 4.8, 9))",
+        "import matplotlib.pyplot as plt",
+        "print('FIGURES', len(plt.get_fignums()), sorted(bec.peaks['cen']))",
         "RE(darkfield_projection(instrument, steps=3, dark_frames=1, exposure_s=1.0, sample='s-1'))",
         "print('SHUTTER', tube.shutter.get(), 'RUNS', RE.md['scan_id'])",
         "print('FLUSHED', flush())",  # recorder, catalogue and processor caught up
@@ -23,7 +44,10 @@ def test_session_runs_a_plan_through_ipython_and_the_magics(tmp_path):
     out = done.stdout
     assert "talbot-lau session: simulated instrument" in out  # the help screen
     assert "g2                             1.6" in out  # %wa after %mov
-    assert "SHUTTER 0 RUNS 1" in out
+    assert re.search(r"^\s*stage_x\s+0\.0\s+-150\.0\s+150\.0", out, re.M)  # the stage's axes, labelled
+    assert re.search(r"^detector_stats1_mean_value\s+\d+\.\d+$", out, re.M)  # %ct: the mean ADU
+    assert "PLOTS True" in out and "FIGURES 1 ['detector_stats1_mean_value']" in out
+    assert "SHUTTER 0 RUNS 2" in out
     assert "FLUSHED True" in out
     assert "CATALOGUED 1 1" in out  # the raw run and the processor's derived run
     assert list((tmp_path / "data").glob("run_*.nxs")) and list((tmp_path / "data" / "raw").glob("*.h5"))
@@ -34,3 +58,234 @@ def test_session_runs_a_plan_through_ipython_and_the_magics(tmp_path):
                            capture_output=True, text=True, timeout=120)
     assert "OPERATOR tester" in again.stdout
     assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr[-2000:]
+
+
+# -- the session's namespace in process (no IPython): stock bluesky habits ------------------
+
+
+class Documents:
+    """Every document of a RunEngine, by run."""
+
+    def __init__(self):
+        self.docs = []
+
+    def __call__(self, name, doc):
+        self.docs.append((name, doc))
+
+    def run(self, uid):
+        """(start, {stream: [events]}, {datum_id: (file, point)}) of run ``uid``."""
+        start = next(doc for name, doc in self.docs if name == "start" and doc["uid"] == uid)
+        streams = {doc["uid"]: doc["name"] for name, doc in self.docs
+                   if name == "descriptor" and doc["run_start"] == uid}
+        resources = {doc["uid"]: "/" + doc["resource_path"].lstrip("/") for name, doc in self.docs
+                     if name == "resource" and doc["run_start"] == uid}
+        datums = {doc["datum_id"]: (resources[doc["resource"]], doc["datum_kwargs"]["point_number"])
+                  for name, doc in self.docs if name == "datum" and doc["resource"] in resources}
+        events = {}
+        for name, doc in self.docs:
+            if name == "event" and doc["descriptor"] in streams:
+                events.setdefault(streams[doc["descriptor"]], []).append(doc)
+        return start, events, datums
+
+
+def frames(events, datums):
+    out = []
+    for event in events:
+        path, point = datums[event["data"]["detector_image"]]
+        with h5py.File(path, "r") as f:
+            out.append(f["entry/data/data"][point].astype(float))
+    return np.array(out)
+
+
+@pytest.fixture(scope="module")
+def ns(tmp_path_factory):
+    """One session namespace on the twins (96 x 112 pixels: two clusters; no wall-clock waits)."""
+    tmp = tmp_path_factory.mktemp("ns")
+    saved = os.environ.get("TALBOT_LAU_STATE")
+    os.environ["TALBOT_LAU_STATE"] = str(tmp / "state")
+    instrument = simulated_instrument(small_config(rows=96, cols=112), write_path=tmp / "data" / "raw")
+    namespace = session_namespace(instrument, tmp / "data", suspend_sleep_s=0.05)
+    documents = Documents()
+    namespace["RE"].subscribe(documents)
+    namespace["documents"] = documents
+    try:
+        yield namespace
+    finally:
+        assert namespace["session"].close(60)
+        if saved is None:
+            os.environ.pop("TALBOT_LAU_STATE", None)
+        else:
+            os.environ["TALBOT_LAU_STATE"] = saved
+
+
+def test_the_catalogue_opens_in_the_background_and_is_used_as_the_client(ns):
+    catalogue = ns["catalogue"]
+    assert isinstance(catalogue, BackgroundCatalogue)
+    assert catalogue.wait(60) is not None and catalogue.ready  # opened by its buffer's thread
+    assert len(catalogue) == len(list(catalogue))  # forwarded to tiled's client
+
+
+def test_a_catalogue_that_cannot_open_fails_its_users_not_the_writer(tmp_path, caplog):
+    (tmp_path / "file").write_text("")
+    catalogue = BackgroundCatalogue(tmp_path / "file" / "catalogue", timeout=5)
+    write = catalogue_writer(catalogue)
+    catalogue.open()  # in the session: the catalogue buffer's thread
+    assert not catalogue.ready and "could not be opened" in caplog.text
+    with pytest.raises(CatalogueNotReady, match="not open: (FileExistsError|NotADirectoryError)"):
+        find_runs(catalogue, "S-1")
+    write("start", {"uid": "u", "time": 0.0})  # logged, never raised into the RunEngine
+    assert "not written" in caplog.text
+    catalogue.close(1)
+
+
+def test_string_sample_metadata_runs_and_is_found(ns):
+    """Stock bluesky's ``RE(plan, sample='S-1')``: no AttributeError anywhere (progress bar,
+    table, recorder, catalogue), and find_runs finds it next to a run with a sample dict."""
+    engine, detector = ns["RE"], ns["detector"]
+    (text,) = engine(bp.count([detector]), sample="M-1")
+    (mapping,) = engine(bp.count([detector]), sample={"id": "M-1"})
+    engine(bp.count([detector]), sample="other")
+    assert ns["flush"]()
+    catalogue = ns["catalogue"]
+    assert set(find_runs(catalogue, "M-1")) == {text, mapping}
+    assert catalogue[text].metadata["stop"]["exit_status"] == "success"
+    assert catalogue[text].metadata["start"]["sample"] == "M-1"
+
+
+def test_bec_finds_the_peaks_of_a_g2_scan_without_a_display(ns, monkeypatch):
+    """No display: no plots, but the stats mean is hinted, so bec.peaks fills."""
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setenv("QT_QPA_PLATFORM", "minimal")
+    engine, bec, tube = ns["RE"], ns["bec"], ns["tube"]
+    assert bec.enable_plots() is False  # says why, plots stay off
+    tube.shutter.set(1).wait(5)
+    try:
+        engine(bp.scan([ns["detector"]], ns["g2"], 0, 4.8, 9))
+    finally:
+        tube.shutter.set(0).wait(5)
+    key = "detector_stats1_mean_value"
+    assert set(bec.peaks["cen"]) == {key}
+    low, high = bec.peaks["min"][key][1], bec.peaks["max"][key][1]
+    assert 0 <= bec.peaks["cen"][key] <= 4.8 and high > low > 1000  # open beam, fringes
+    assert bec._plots_enabled is False
+
+
+def test_last_run_and_derived_rows_carry_their_run_and_sample(ns):
+    engine = ns["RE"]
+    (uid,) = engine(ns["darkfield_projection"](ns["instrument"], steps=3, dark_frames=1,
+                                              exposure_s=1.0, sample={"id": "D-1"}))
+    engine(bp.count([ns["detector"]]), sample="after")  # a later raw run, not phase stepping
+    assert ns["flush"]()
+    catalogue = ns["catalogue"]
+    assert last_run(catalogue).metadata["start"]["sample"] == "after"
+    derived = last_run(catalogue, derived=True)
+    assert derived.metadata["start"]["parent_uid"] == uid
+    assert derived.metadata["stop"]["exit_status"] == "success"
+    rows = [row for row in ns["derived"] if row["run_uid"] == uid]
+    assert rows and all(row["sample"] == "D-1" and row["derived_uid"] == derived.metadata["start"]["uid"]
+                        for row in rows)
+    with pytest.raises(TypeError):
+        catalogue[-1]  # why last_run exists
+
+
+def test_use_working_point_moves_the_next_plans_start_and_records_it(ns):
+    """An alignment scan, its report, one call: the next projection steps G2 from the working
+    point (its reference fringes then have zero mean phase), and says so in its start document."""
+    engine, instrument, documents = ns["RE"], ns["instrument"], ns["documents"]
+    original = instrument.config
+    period = original.instrument.gratings.g2_period_um
+    try:
+        (align,) = engine(ns["g2_alignment"](instrument, steps=12, periods=2, exposure_s=1.0))
+        start, events, datums = documents.run(align)
+        report = alignment_report(frames(events["primary"], datums), start["positions_um"], period, dark=102.0)
+        point = report["working_point_um"]
+        assert abs(point - original.instrument.g2.start_um) > 0.2  # a real change to see
+        with pytest.raises(PlanArgumentError, match="G2 limits"):
+            ns["use_working_point"](instrument, 14.9)
+        assert instrument.config is original and instrument.working_point is None
+        assert ns["use_working_point"](instrument, report) == pytest.approx(point)
+
+        (uid,) = engine(ns["darkfield_projection"](instrument, steps=6, dark_frames=1, exposure_s=1.0))
+        start, events, datums = documents.run(uid)
+        positions = start["phase_stepping"]["positions_um"]
+        assert positions[0] == pytest.approx(point)
+        assert start["working_point_um"] == pytest.approx(point)
+        assert [e["data"]["g2"] for e in events["reference"]] == pytest.approx(positions, abs=0.02)
+        again = alignment_report(frames(events["reference"], datums), np.array(positions) - point, period,
+                                 dark=102.0)
+        assert abs(again["fringe_phase_rad"]) < 0.05
+        (count,) = engine(bp.count([ns["detector"]]))
+        assert documents.run(count)[0]["working_point_um"] == pytest.approx(point)
+    finally:
+        instrument.config, instrument.working_point = original, None
+
+
+def test_the_monitor_shows_a_run_whose_sample_is_a_string(qtbot, tmp_path, caplog):
+    from bluesky import RunEngine
+
+    from acquisition.monitor import MonitorWindow
+    from acquisition.plans import darkfield_projection
+
+    window = MonitorWindow()
+    qtbot.addWidget(window)
+    instrument = simulated_instrument(small_config(rows=32, cols=48), write_path=tmp_path / "raw")
+    engine = RunEngine({})
+    engine.subscribe(window.raw_callback)
+    engine(darkfield_projection(instrument, steps=3, dark_frames=1, exposure_s=1.0), sample="S-7")
+    qtbot.wait(50)
+    assert "not shown" not in caplog.text
+    assert "darkfield_projection S-7" in window.status.text()
+
+
+# -- the whole session through IPython: exits and start time --------------------------------
+
+EXITS = {"exit": "exit\n", "quit": "quit\n", "ctrl-d": ""}  # "" : end of input, as Ctrl-D
+FIRST_CELL_S = []
+
+
+@pytest.mark.parametrize("way", list(EXITS))
+def test_each_way_out_ends_with_0_after_everything_is_written(tmp_path, way):
+    """``talbot-lau session --sim`` driven through stdin (IPython's simple prompt), ended by
+    ``exit``, ``quit`` or end of input (Ctrl-D): exit code 0, and only after the processor
+    finished and the catalogue holds the raw run and its derived run, both with their stop
+    document.  No flush() is typed: the exit itself writes everything.  The run takes its
+    sample from stock bluesky's string metadata.  Prints the time to the first cell."""
+    out = tmp_path / "data"
+    env = dict(os.environ, TALBOT_LAU_STATE=str(tmp_path / "state"), PYTHONUNBUFFERED="1")
+    lines = ("print('FIRST', 'CELL')\n"
+             "RE(darkfield_projection(instrument, steps=3, dark_frames=1, exposure_s=1.0), sample='S-1')\n"
+             + EXITS[way])
+    started = time.monotonic()
+    process = subprocess.Popen([sys.executable, "-m", "acquisition.cli", "session", "--sim", "--out", str(out)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=env)
+    process.stdin.write(lines)
+    process.stdin.close()
+    first_cell, stdout = None, []
+    for line in process.stdout:
+        stdout.append(line)
+        if first_cell is None and "FIRST CELL" in line:
+            first_cell = time.monotonic() - started
+    stderr = process.stderr.read()
+    assert process.wait(timeout=180) == 0, stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-2000:]
+    assert first_cell is not None, "".join(stdout)[-2000:]
+    FIRST_CELL_S.append(first_cell)
+    print(f"\nsession start to the first cell: {first_cell:.2f} s ({way}; "
+          f"median so far {statistics.median(FIRST_CELL_S):.2f} s of {len(FIRST_CELL_S)})")
+    assert first_cell < 8.0
+
+    catalogue = open_catalogue(out / "catalogue", readable=[out])
+    try:
+        raw, derived = last_run(catalogue), last_run(catalogue, derived=True)
+        assert raw.metadata["start"]["sample"] == "S-1"
+        assert raw.metadata["stop"]["exit_status"] == "success"
+        assert derived.metadata["start"]["parent_uid"] == raw.metadata["start"]["uid"]
+        assert derived.metadata["stop"]["exit_status"] == "success"
+        assert list(find_runs(catalogue, "S-1", derived=True)) == [derived.metadata["start"]["uid"]]
+        assert len(derived["clusters"].read()) >= 1  # processed: its cluster table is there
+    finally:
+        catalogue.context.close()
+    uid8 = raw.metadata["start"]["uid"][:8]
+    assert (out / f"run_{uid8}.nxs").exists() and list(out.glob(f"derived_{uid8}*.h5"))

@@ -4,10 +4,16 @@ The plan takes the stage to the reference position (no sample), opens the shutte
 steps G2 over ``periods`` periods; :func:`alignment_report` fits the stepping curve of
 every pixel (reconstruction.fit_stepping) and reports the visibility over the field and
 the working point: the G2 position where the field's mean fringe phase is zero, from
-which a phase-stepping scan should start.
+which a phase-stepping scan should start.  :func:`use_working_point` makes the plans that
+follow start G2 there (no YAML edit, no restart), and :func:`working_point_metadata` puts it
+into their start documents.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
 
 import bluesky.plan_stubs as bps
 import numpy as np
@@ -15,9 +21,9 @@ import numpy as np
 from reconstruction import fit_stepping
 
 from ..instrument import Instrument
-from .safety import close_shutter, open_shutter
-from .settings import check, check_reference_clear, check_stage_position, stepping_settings, whole
 from .checks import HEARTBEAT_MARGIN_S, checked_frame
+from .safety import close_shutter, open_shutter
+from .settings import check, check_reference_clear, check_stage_position, finite, stepping_settings, whole
 from .stubs import acquisition_wrapper
 
 MAX_PERIODS = 10
@@ -75,3 +81,53 @@ def alignment_report(frames: np.ndarray, positions_um, period_um: float, dark=No
         "working_point_um": working_point,
         "visibility_map": fit.visibility,
     }
+
+
+def use_working_point(instrument: Instrument, report_or_um) -> float:
+    """Make every later plan start G2 at the working point: ``report_or_um`` is
+    :func:`alignment_report`'s result (its ``working_point_um``) or a position in um.
+
+    ``instrument.config`` (frozen) is replaced by a copy whose ``g2.start_um`` is the working
+    point, after checking that the configured phase steps from there stay inside the G2
+    limits (PlanArgumentError otherwise, and nothing changes).  Nothing moves and no file is
+    edited: a new session starts from the YAML again.  ``instrument.working_point`` keeps
+    the value, the start it replaced and where it came from; with
+    :func:`working_point_metadata` as the RunEngine's ``md_normalizer`` (the session has it)
+    later start documents carry ``working_point_um``.  Returns the new start (um)."""
+    if isinstance(report_or_um, Mapping):
+        check("working_point_um" in report_or_um,
+              "use_working_point: give alignment_report(...)'s result or a G2 position in um")
+        value, source = report_or_um["working_point_um"], "alignment_report"
+    else:
+        value, source = report_or_um, "given"
+    check(finite(value), f"working point {value!r}: give a G2 position in um (a finite number)")
+    value = float(value)
+    config = instrument.config
+    cfg = config.instrument
+    period, steps = cfg.gratings.g2_period_um, cfg.scan.steps
+    last = value + period * (steps - 1) / steps
+    low, high = cfg.g2.limits_um
+    check(low <= value and last <= high,
+          f"working point {value:.3f} um: its {steps} phase steps {value:.3f}..{last:.3f} um "
+          f"leave the G2 limits {low:g}..{high:g} um")
+    previous = cfg.g2.start_um
+    g2 = dataclasses.replace(cfg.g2, start_um=value)
+    instrument.config = dataclasses.replace(config, instrument=dataclasses.replace(cfg, g2=g2))
+    instrument.working_point = {"working_point_um": value, "replaced_start_um": previous,
+                                "source": source, "time": time.time()}
+    return value
+
+
+def working_point_metadata(instrument: Instrument):
+    """A RunEngine ``md_normalizer`` that adds ``working_point_um`` (the G2 start set by
+    :func:`use_working_point`) to the start document of every run, once one was set:
+    ``RE.md_normalizer = working_point_metadata(instrument)``."""
+
+    def normalize(md):
+        md = dict(md)
+        point = getattr(instrument, "working_point", None)
+        if point is not None:
+            md.setdefault("working_point_um", point["working_point_um"])
+        return md
+
+    return normalize

@@ -225,7 +225,9 @@ def start_metadata(instrument: Instrument, settings: SteppingSettings, plan_name
                     sample_detector_mm=setup.geometry.sample_detector_mm,
                     magnification=setup.geometry.magnification)
     det = setup.detector
+    point = getattr(instrument, "working_point", None)
     return {
+        **({"working_point_um": point["working_point_um"]} if point else {}),
         "plan_name": plan_name,
         "detectors": [instrument.detector.name],
         "motors": [instrument.g2.name, instrument.stage.name],

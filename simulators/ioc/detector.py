@@ -1,13 +1,13 @@
 """The PaxScan flat panel served over CA: an areaDetector cam (``P + "det:cam1:"``) feeding
-the HDF5 plugin (``P + "det:HDF1:"``).
+the HDF5 plugin (``P + "det:HDF1:"``) and the NDStats plugin (``P + "det:Stats1:"``).
 
 ``Acquire`` = 1 takes ``NumImages`` images (1 in ImageMode Single); each is one frame of
 ``AcquireTime * NumExposures`` recorded seconds (a long exposure as a sum of panel frames)
 made by the physics engine through ``SimWorld.frame`` for the G2, stage and tube readbacks
 at the start of the exposure, computed in an executor thread so motor ticks keep running.
 The wall time of an image is the recorded exposure times ``time_scale``.  At the end of
-each image the cam's ArrayCounter and the plugin's file are updated first, then
-``Acquire_RBV`` -> 0 (ophyd's ``SingleTrigger`` waits for that edge).
+each image the cam's ArrayCounter, the plugin's file and the image statistics are updated
+first, then ``Acquire_RBV`` -> 0 (ophyd's ``SingleTrigger`` waits for that edge).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from caproto.server import PVGroup, SubGroup, pvproperty
 
 from .ad_records import DATA_TYPES, DETECTOR_STATES, DISABLE_ENABLE, readback, setting
 from .hdf5_plugin import HDF5PluginGroup
+from .stats_plugin import StatsPluginGroup
 
 IMAGE_MODES = ("Single", "Multiple", "Continuous")
 MIN_IMAGE_WALL_S = 0.05
@@ -136,13 +137,21 @@ class PaxScanCamGroup(PVGroup):
 
 
 class PaxScanGroup(PVGroup):
-    """The detector's IOC: ``cam1:`` and ``HDF1:`` under the group's prefix (``P + "det:"``)."""
+    """The detector's IOC: ``cam1:``, ``HDF1:`` and ``Stats1:`` under the group's prefix
+    (``P + "det:"``)."""
 
     cam = SubGroup(PaxScanCamGroup, prefix="cam1:")
     hdf1 = SubGroup(HDF5PluginGroup, prefix="HDF1:")
+    stats1 = SubGroup(StatsPluginGroup, prefix="Stats1:")
 
     def configure(self, *, world, shape, full_shape=(1536, 1920)) -> None:
         """Frames of ``shape`` (rows, cols) from ``world`` (a ``SimWorld``)."""
         self.hdf1.configure(shape=shape)
-        self.cam.configure(world=world, plugin_sink=self.hdf1.receive, shape=shape,
+        self.stats1.configure(shape=shape)
+        self.cam.configure(world=world, plugin_sink=self.plugins_receive, shape=shape,
                            full_shape=full_shape)
+
+    async def plugins_receive(self, frame) -> None:
+        """The cam's NDArray to each plugin on its port, in turn (blocking callbacks)."""
+        await self.hdf1.receive(frame)
+        await self.stats1.receive(frame)

@@ -185,11 +185,70 @@ def build_ioc(prefix: str, setup: Setup, phantom: Phantom | None, **options) -> 
     return ioc
 
 
+BEACON_VARIABLES = ("EPICS_CAS_BEACON_ADDR_LIST", "EPICS_CAS_AUTO_BEACON_ADDR_LIST")
+
+
+def _broadcast_address(address: str) -> str | None:
+    """The IPv4 broadcast address of the local interface that holds ``address`` (Linux
+    ioctls SIOCGIFADDR/SIOCGIFBRDADDR), or None when it cannot be found."""
+    try:
+        import fcntl
+        import struct
+
+        names = [name for _, name in socket.if_nameindex()]
+    except (ImportError, OSError, AttributeError):
+        return None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        for name in names:
+            request = struct.pack("256s", name.encode()[:15])
+            try:
+                if socket.inet_ntoa(fcntl.ioctl(probe.fileno(), 0x8915, request)[20:24]) == address:
+                    return socket.inet_ntoa(fcntl.ioctl(probe.fileno(), 0x8919, request)[20:24])
+            except OSError:
+                continue
+    return None
+
+
+def beacon_environment(interfaces: Iterable[str], environ=None) -> dict[str, str]:
+    """The beacon settings for a server on ``interfaces``: CA beacons go to those
+    interfaces only (loopback for a loopback server, an interface's broadcast address
+    otherwise), never to caproto's default 255.255.255.255 on every network.
+
+    caproto (1.3, ``caproto._utils.get_beacon_address_list``) sends beacons to the
+    addresses of ``EPICS_CAS_BEACON_ADDR_LIST`` plus 255.255.255.255 unless that list is
+    non-empty and ``EPICS_CAS_AUTO_BEACON_ADDR_LIST`` is not YES: hence both variables.
+    Empty when the user set either of them (their choice stands) or when the server
+    listens on every interface (0.0.0.0: beacons everywhere, caproto's default)."""
+    environ = os.environ if environ is None else environ
+    if any(environ.get(name, "").strip() for name in BEACON_VARIABLES):
+        return {}
+    addresses = []
+    for interface in interfaces:
+        address = interface.split(":")[0].strip()
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            continue
+        if ip.version != 4:
+            continue
+        if ip.is_unspecified:
+            return {}
+        addresses.append(address if ip.is_loopback else (_broadcast_address(address) or address))
+    if not addresses:
+        return {}
+    return {"EPICS_CAS_BEACON_ADDR_LIST": " ".join(dict.fromkeys(addresses)),
+            "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO"}
+
+
 def serve(ioc: PVGroup, interfaces: list[str] | None = None) -> None:
     """Serve ``ioc`` until interrupted (SIGINT), access decided on client IP addresses,
     on ``interfaces`` (default ``interfaces_from_environment()``) and the port
-    ``EPICS_CA_SERVER_PORT`` (5064 when unset)."""
+    ``EPICS_CA_SERVER_PORT`` (5064 when unset); CA beacons go only to the served
+    interfaces (:func:`beacon_environment`) unless the beacon variables are set."""
     interfaces = interfaces or interfaces_from_environment()
+    beacons = beacon_environment(interfaces)
+    saved = {name: os.environ.get(name) for name in beacons}
+    os.environ.update(beacons)  # caproto reads them when the server starts
 
     async def run() -> None:  # the context must be made in its event loop
         await _PeerAddressContext(ioc.pvdb, interfaces).run(log_pv_names=False)
@@ -198,6 +257,12 @@ def serve(ioc: PVGroup, interfaces: list[str] | None = None) -> None:
         asyncio.run(run())
     except KeyboardInterrupt:
         pass
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def run_ioc(prefix: str, setup: Setup, phantom: Phantom | None, **options) -> None:

@@ -1,13 +1,17 @@
 """The rotating-anode generator served over CA (PVs ``P + "tube:"``), like ``SimTube``.
 
-Setpoints ``kV``, ``mA``, ``HVOn``, ``Shutter`` have readbacks ``*_RBV`` that follow only
-what the generator accepts: kV within 0..kv_max and mA within 0..ma_max (control limits,
-a put beyond them is a failed write); HV on refused while interlocked or faulted; the
-shutter opens only with HV on, the interlock chain closed (``Interlock_RBV`` 1) and no
-fault (``Fault_RBV`` 0) -- a refused open reverts the ``Shutter`` setpoint to 0 and the
-readback stays closed.  ``FaultReset`` clears an arc unless interlocked.  Test hooks
-``SimTripInterlock``, ``SimClearInterlock`` and ``SimTripArc`` (put 1) break the source
-the way the hardware breaks; tripping closes the shutter at once.
+Setpoints ``kV``, ``mA``, ``HVOn`` (enum Off/On), ``Shutter`` (enum Closed/Open) have
+readbacks ``*_RBV`` (the same types) that follow only what the generator accepts: kV
+within 0..kv_max and mA within 0..ma_max (also the control limits); HV on refused while
+interlocked or faulted; the shutter opens only with HV on, the interlock chain closed
+(``Interlock_RBV`` 1) and no fault (``Fault_RBV`` 0).  A refused command is a failed put
+(the putter raises: ``caput -c`` reports an error, a put-callback completes with
+ECA_PUTFAIL): the setpoint keeps its old value and the readback stays put.  An enum put
+outside its states (``Shutter=-3``) is refused likewise.  ``FaultReset`` clears an arc
+unless interlocked (refused then).  An open interlock, a fault and an arc carry a MAJOR
+alarm (STATE) on ``Interlock_RBV``, ``Fault_RBV``, ``Arc_RBV`` and ``State_RBV``.  Test
+hooks ``SimTripInterlock``, ``SimClearInterlock`` and ``SimTripArc`` (put 1) break the
+source the way the hardware breaks; tripping closes the shutter at once.
 
 The exposure timer (``simulators.twins.generator.ExposureTimer``, shared with the
 in-process twin) closes the shutter by itself when no put to ``Heartbeat`` (s) re-arms it
@@ -24,28 +28,46 @@ from caproto.server import PVGroup, pvproperty
 from simulators.physics import TubeState
 from simulators.twins.generator import ExposureTimer, generator_state, refusal
 
+HV_STATES = ("Off", "On")
+SHUTTER_STATES = ("Closed", "Open")
+
+
+class RefusedCommand(ValueError):
+    """The generator refuses the command; caproto answers the put with a failed write."""
+
+
+def _state(value, states: tuple[str, str], name: str) -> bool:
+    """The enum ``value`` (a state string, or an index caproto did not map) as a bool."""
+    if value in states:
+        return value == states[1]
+    raise RefusedCommand(f"{name}: {value!r} is not one of {', '.join(states)}")
+
 
 class TubeGroup(PVGroup):
-    """Tube voltage (kV), current (mA), HV, shutter (1 open), interlock (1 = closed, ok)."""
+    """Tube voltage (kV), current (mA), HV (Off/On), shutter (Closed/Open), interlock
+    (1 = closed, ok)."""
 
-    kv = pvproperty(name="kV", value=0.0, precision=2, units="kV")
-    kv_rbv = pvproperty(name="kV_RBV", value=0.0, precision=2, units="kV", read_only=True)
-    ma = pvproperty(name="mA", value=0.0, precision=2, units="mA")
-    ma_rbv = pvproperty(name="mA_RBV", value=0.0, precision=2, units="mA", read_only=True)
-    hv_on = pvproperty(name="HVOn", value=1)
-    hv_on_rbv = pvproperty(name="HVOn_RBV", value=1, read_only=True)
-    shutter = pvproperty(name="Shutter", value=0)
-    shutter_rbv = pvproperty(name="Shutter_RBV", value=0, read_only=True)
-    interlock = pvproperty(name="Interlock_RBV", value=1, read_only=True)
-    fault = pvproperty(name="Fault_RBV", value=0, read_only=True)
-    arc = pvproperty(name="Arc_RBV", value=0, read_only=True)
-    fault_reset = pvproperty(name="FaultReset", value=0)
-    state = pvproperty(name="State_RBV", value="ready", dtype=ChannelType.STRING, read_only=True)
-    sim_trip_interlock = pvproperty(name="SimTripInterlock", value=0)
-    sim_clear_interlock = pvproperty(name="SimClearInterlock", value=0)
-    sim_trip_arc = pvproperty(name="SimTripArc", value=0)
-    heartbeat = pvproperty(name="Heartbeat", value=0.0, precision=1, units="s")
-    watchdog_tripped = pvproperty(name="WatchdogTripped_RBV", value=0, read_only=True)
+    kv = pvproperty(alarm_group="kv", name="kV", value=0.0, precision=2, units="kV")
+    kv_rbv = pvproperty(alarm_group="kv_rbv", name="kV_RBV", value=0.0, precision=2, units="kV", read_only=True)
+    ma = pvproperty(alarm_group="ma", name="mA", value=0.0, precision=2, units="mA")
+    ma_rbv = pvproperty(alarm_group="ma_rbv", name="mA_RBV", value=0.0, precision=2, units="mA", read_only=True)
+    hv_on = pvproperty(alarm_group="hv_on", name="HVOn", value="On", dtype=ChannelType.ENUM, enum_strings=HV_STATES)
+    hv_on_rbv = pvproperty(alarm_group="hv_on_rbv", name="HVOn_RBV", value="On", dtype=ChannelType.ENUM,
+                           enum_strings=HV_STATES, read_only=True)
+    shutter = pvproperty(alarm_group="shutter", name="Shutter", value="Closed", dtype=ChannelType.ENUM,
+                         enum_strings=SHUTTER_STATES)
+    shutter_rbv = pvproperty(alarm_group="shutter_rbv", name="Shutter_RBV", value="Closed", dtype=ChannelType.ENUM,
+                             enum_strings=SHUTTER_STATES, read_only=True)
+    interlock = pvproperty(alarm_group="interlock", name="Interlock_RBV", value=1, read_only=True)
+    fault = pvproperty(alarm_group="fault", name="Fault_RBV", value=0, read_only=True)
+    arc = pvproperty(alarm_group="arc", name="Arc_RBV", value=0, read_only=True)
+    fault_reset = pvproperty(alarm_group="fault_reset", name="FaultReset", value=0)
+    state = pvproperty(alarm_group="state", name="State_RBV", value="ready", dtype=ChannelType.STRING, read_only=True)
+    sim_trip_interlock = pvproperty(alarm_group="sim_trip_interlock", name="SimTripInterlock", value=0)
+    sim_clear_interlock = pvproperty(alarm_group="sim_clear_interlock", name="SimClearInterlock", value=0)
+    sim_trip_arc = pvproperty(alarm_group="sim_trip_arc", name="SimTripArc", value=0)
+    heartbeat = pvproperty(alarm_group="heartbeat", name="Heartbeat", value=0.0, precision=1, units="s")
+    watchdog_tripped = pvproperty(alarm_group="watchdog_tripped", name="WatchdogTripped_RBV", value=0, read_only=True)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -70,7 +92,13 @@ class TubeGroup(PVGroup):
     def tube_state(self) -> TubeState:
         """The operating point the physics engine sees (readbacks, not setpoints)."""
         return TubeState(kv=float(self.kv_rbv.value), ma=float(self.ma_rbv.value),
-                         shutter_open=bool(self.shutter_rbv.value), hv_on=bool(self.hv_on_rbv.value))
+                         shutter_open=self._shutter_open(), hv_on=self._hv_on())
+
+    def _shutter_open(self) -> bool:
+        return self.shutter_rbv.value == SHUTTER_STATES[1]
+
+    def _hv_on(self) -> bool:
+        return self.hv_on_rbv.value == HV_STATES[1]
 
     @kv.startup
     async def kv(self, instance, async_lib):
@@ -85,36 +113,49 @@ class TubeGroup(PVGroup):
 
     @kv.putter
     async def kv(self, instance, value):
+        await self._accept(instance, "kv", value)
         await self.kv_rbv.write(value)
         return value
 
     @ma.putter
     async def ma(self, instance, value):
+        await self._accept(instance, "ma", value)
         await self.ma_rbv.write(value)
         return value
 
-    def _refusal(self, command: str, value) -> str | None:
-        return refusal(command, value, interlock=bool(self.interlock.value),
-                       fault=bool(self.fault.value), hv_on=bool(self.hv_on_rbv.value),
-                       kv_max=self.kv_max, ma_max=self.ma_max)
+    async def _accept(self, instance, command: str, value) -> None:
+        """Refuse (raise) or accept ``command``; an accepted put clears the WRITE alarm a
+        refused one left on ``instance`` (each PV has an alarm of its own)."""
+        self._check(command, value)
+        if instance.alarm.severity != AlarmSeverity.NO_ALARM:
+            await instance.alarm.write(status=AlarmStatus.NO_ALARM,
+                                       severity=AlarmSeverity.NO_ALARM, publish=False)
+
+    def _check(self, command: str, value) -> None:
+        """Raise RefusedCommand (a failed put) when the generator refuses ``command``."""
+        reason = refusal(command, value, interlock=bool(self.interlock.value),
+                         fault=bool(self.fault.value), hv_on=self._hv_on(),
+                         kv_max=self.kv_max, ma_max=self.ma_max)
+        if reason:
+            raise RefusedCommand(f"{self.prefix}: {reason}")
 
     @hv_on.putter
     async def hv_on(self, instance, value):
-        if self._refusal("hv_on", value):
-            return self.hv_on_rbv.value  # refused: the command does not stick
-        await self.hv_on_rbv.write(1 if value else 0)
+        on = _state(value, HV_STATES, "HVOn")
+        await self._accept(instance, "hv_on", on)
+        await self.hv_on_rbv.write(value)
         await self._update_state()
         return value
 
     @shutter.putter
     async def shutter(self, instance, value):
-        if self._refusal("shutter", value):
-            return 0  # refused: setpoint reverts, readback stays closed
-        await self.shutter_rbv.write(1 if value else 0)
-        if value:
+        is_open = _state(value, SHUTTER_STATES, "Shutter")
+        await self._accept(instance, "shutter", is_open)
+        await self.shutter_rbv.write(value)
+        if is_open:
             await self.watchdog_tripped.write(0, status=AlarmStatus.NO_ALARM,
                                               severity=AlarmSeverity.NO_ALARM)
-        self.timer.shutter_changed(bool(value))
+        self.timer.shutter_changed(is_open)
         return value
 
     @heartbeat.putter
@@ -128,14 +169,15 @@ class TubeGroup(PVGroup):
             asyncio.run_coroutine_threadsafe(self._watchdog_close(), self._loop)
 
     async def _watchdog_close(self) -> None:
-        if self.shutter_rbv.value:
+        if self._shutter_open():
             await self._close_shutter()
             await self.watchdog_tripped.write(1, status=AlarmStatus.TIMEOUT,
                                               severity=AlarmSeverity.MAJOR_ALARM)
 
     @fault_reset.putter
     async def fault_reset(self, instance, value):
-        if value and not self._refusal("fault_reset", value):
+        if value:
+            await self._accept(instance, "fault_reset", value)
             await self.fault.write(0)
             await self.arc.write(0)
             await self._update_state()
@@ -167,11 +209,24 @@ class TubeGroup(PVGroup):
 
     async def _close_shutter(self) -> None:
         self.timer.shutter_changed(False)
-        await self.shutter.write(0, verify_value=False)
-        await self.shutter_rbv.write(0)
+        await self.shutter.write(SHUTTER_STATES[0], verify_value=False)
+        await self.shutter_rbv.write(SHUTTER_STATES[0])
 
     async def _update_state(self) -> None:
-        state = generator_state(interlock=bool(self.interlock.value), fault=bool(self.fault.value),
-                                hv_on=bool(self.hv_on_rbv.value))
+        """State_RBV from the interlock, fault and HV; the alarms of the source's faults."""
+        interlock, fault = bool(self.interlock.value), bool(self.fault.value)
+        state = generator_state(interlock=interlock, fault=fault, hv_on=self._hv_on())
+        await _alarm(self.interlock, not interlock)
+        await _alarm(self.fault, fault)
+        await _alarm(self.arc, bool(self.arc.value))
         if self.state.value != state:
             await self.state.write(state)
+        await _alarm(self.state, state in ("interlocked", "fault"))
+
+
+async def _alarm(channel, alarmed: bool) -> None:
+    """MAJOR (STATE) on ``channel`` while ``alarmed``, else no alarm; posted on change."""
+    status, severity = ((AlarmStatus.STATE, AlarmSeverity.MAJOR_ALARM) if alarmed
+                        else (AlarmStatus.NO_ALARM, AlarmSeverity.NO_ALARM))
+    if (channel.alarm.status, channel.alarm.severity) != (status, severity):
+        await channel.alarm.write(status=status, severity=severity)

@@ -4,7 +4,10 @@ Like areaDetector's HDF5 plugin in Stream mode: ``stage()`` opens a file and com
 Resource (spec ``AD_HDF5``); each ``trigger()`` makes a frame with the physics engine,
 waits the time-scaled exposure, appends it to ``/entry/data/data`` (N, rows, cols; ``simulators.frame_file``) and
 composes a Datum whose id is the event's ``detector_image``.  Files are written in SWMR
-mode so frames can be read while the file is still open.
+mode so frames can be read while the file is still open.  Like areaDetector's NDStats plugin
+(``stats1``), each frame's mean, total, min and max (ADU) are set before the trigger
+completes; the mean is a hinted reading (``detector_stats1_mean_value``), as on the EPICS
+detector.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 from event_model import compose_resource
 from ophyd import Component as Cpt
 from ophyd import Device, Signal
@@ -53,12 +57,31 @@ class SimHDF5(Device):
     num_captured = Cpt(Signal, value=0, kind="omitted")
 
 
+class SimStats(Device):
+    """The NDStats plugin's statistics of the last frame (ADU), named as ophyd's
+    ``StatsPlugin``'s; only the mean is read into events."""
+
+    mean_value = Cpt(Signal, value=0.0, kind="hinted")
+    total = Cpt(Signal, value=0.0, kind="omitted")
+    min_value = Cpt(Signal, value=0.0, kind="omitted")
+    max_value = Cpt(Signal, value=0.0, kind="omitted")
+
+    def update(self, frame) -> None:
+        data = np.asarray(frame, dtype=np.float64)
+        self.total.put(float(data.sum()))
+        self.min_value.put(float(data.min()))
+        self.max_value.put(float(data.max()))
+        self.mean_value.put(float(data.mean()))
+
+
 class SimPaxScan(Device):
-    """Flat-panel twin: frames from the physics engine, written to HDF5, read as datum ids."""
+    """Flat-panel twin: frames from the physics engine, written to HDF5, read as datum ids,
+    with the mean of each frame (``stats1.mean_value``)."""
 
     cam = Cpt(SimCam, "cam1:")
     hdf1 = Cpt(SimHDF5, "HDF1:")
     image = Cpt(Signal, value="", kind="normal")
+    stats1 = Cpt(SimStats, "Stats1:")
 
     def __init__(self, prefix="", *, name, world, write_path, **kwargs):
         super().__init__(prefix, name=name, **kwargs)
@@ -106,6 +129,7 @@ class SimPaxScan(Device):
                 frame = self.world.frame(exposure, state)
                 time.sleep(max(exposure * self.world.time_scale - (time.monotonic() - started), 0))
                 self._append(frame)
+                self.stats1.update(frame)
                 self.cam.acquire.put(0)
                 status.set_finished()
             except Exception as err:  # a failed write fails the trigger

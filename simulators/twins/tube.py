@@ -1,8 +1,10 @@
 """A simulated rotating-anode generator with the component names of ``devices.XRayTube``.
 
 Setpoints are checked like the generator would: kV and mA within limits, the shutter opens
-only with HV on, the interlock chain closed (``interlock`` = 1) and no fault; a refused
-command fails its Status, so a plan sees it.  ``trip_interlock()``/``clear_interlock()``
+only with HV on, the interlock chain closed (``interlock`` = 1) and no fault, HV and the
+shutter take 0 or 1 (or the IOC's state names Off/On, Closed/Open); a refused command
+fails its put and its Status with :class:`RefusedCommand`, as the IOC twin fails the put,
+so a plan sees it.  ``trip_interlock()``/``clear_interlock()``
 and ``trip_arc()`` let tests break the source the way the hardware breaks.
 
 The generator's exposure timer (:class:`simulators.twins.generator.ExposureTimer`) closes
@@ -25,10 +27,17 @@ class RefusedCommand(RuntimeError):
     """The generator refused a command (readback did not follow)."""
 
 
+STATES = {"hv_on": ("Off", "On"), "shutter": ("Closed", "Open")}
+"""The enum states of the IOC's ``HVOn`` and ``Shutter``: their names are taken, as indices."""
+
+
 class CheckedSignal(Signal):
     """A setpoint whose puts the parent tube checks first."""
 
     def put(self, value, *, force=False, **kwargs):
+        states = STATES.get(self.attr_name)
+        if states is not None and isinstance(value, str) and value in states:
+            value = states.index(value)
         if not force:
             self.parent.check(self.attr_name, value)
         super().put(value, **kwargs)
@@ -39,7 +48,7 @@ class ShutterSignal(CheckedSignal):
 
     def put(self, value, *, force=False, **kwargs):
         super().put(value, force=force, **kwargs)
-        self.parent.timer.shutter_changed(bool(value))
+        self.parent.timer.shutter_changed(bool(self.get()))
 
     def stop(self, *, success=False):
         self.parent.close_shutter_now()
@@ -84,7 +93,11 @@ class SimTube(Device):
         self.shutter.put(0, force=True)
 
     def check(self, attr: str, value) -> None:
-        """Refuse what the generator refuses (raises RefusedCommand); a fault reset clears."""
+        """Refuse what the generator refuses (raises RefusedCommand); a fault reset clears.
+        HV and the shutter take 0 or 1 only (the IOC's enums refuse any other state)."""
+        if attr in STATES and (isinstance(value, str) or value not in (0, 1)):
+            raise RefusedCommand(f"{self.name}: {attr} takes 0 or 1 "
+                                 f"({'/'.join(STATES[attr])}), not {value!r}")
         reason = refusal(attr, value, interlock=bool(self.interlock.get()), fault=bool(self.fault.get()),
                          hv_on=bool(self.hv_on.get()), kv_max=self.kv_max, ma_max=self.ma_max)
         if reason:
