@@ -270,7 +270,7 @@ def _serve_ioc(args, config) -> int:
         config = dataclasses.replace(config, setup=dataclasses.replace(config.setup, detector=detector))
     overrides = {} if args.time_scale is None else {"time_scale": args.time_scale}
     prefix = args.prefix or config.instrument.epics.prefix
-    print(f"serving {prefix}g2, {prefix}stage:x/y, {prefix}tube:, {prefix}det:cam1:/HDF1: on "
+    print(f"serving {prefix}g2, {prefix}stage:x/y, {prefix}tube:, {prefix}det:cam1:/HDF1:/Stats1:/image1: on "
           f"{os.environ.get('EPICS_CAS_INTF_ADDR_LIST', '127.0.0.1')} port "
           f"{os.environ.get('EPICS_CA_SERVER_PORT', '5064')}; writes from "
           f"{' '.join(args.write_hosts) if args.write_hosts else 'loopback'} only; files under "

@@ -4,6 +4,11 @@ Frames go to ``/entry/data/data`` (N, rows, cols, uint16), one chunk a frame wit
 HDF5 Fletcher32 checksum, so a corrupted frame fails to read instead of reading wrong
 (h5py raises ``OSError``); the file is in SWMR mode, so frames can be read while it is
 still being written, and each frame is flushed as it is appended.
+
+``compression`` (the names of NDFileHDF5's ``Compression`` enum): "None", "zlib" (HDF5
+shuffle + deflate at ``level``, readable by any HDF5) or "bslz4" (bitshuffle/LZ4, HDF5
+filter 32008 from the ``hdf5plugin`` package: a reader must ``import hdf5plugin`` first,
+as acquisition.frames does).  Fletcher32 runs after the filters, on the stored bytes.
 """
 
 from __future__ import annotations
@@ -12,15 +17,32 @@ import h5py
 import numpy as np
 
 DATASET = "entry/data/data"
+COMPRESSIONS = ("None", "zlib", "bslz4")
 
 
-def create_frame_file(filename, shape: tuple[int, int]) -> tuple[h5py.File, h5py.Dataset]:
-    """A new frame file for frames of ``shape`` (rows, cols); returns (file, dataset)."""
+def _filters(compression, level: int) -> dict:
+    if compression in (None, "None"):
+        return {}
+    if compression == "zlib":
+        return {"compression": "gzip", "compression_opts": int(level), "shuffle": True}
+    if compression == "bslz4":
+        import hdf5plugin  # registers the bitshuffle filter with h5py's HDF5
+
+        return dict(hdf5plugin.Bitshuffle(cname="lz4"))
+    raise ValueError(f"compression {compression!r} not supported: one of {COMPRESSIONS}")
+
+
+def create_frame_file(filename, shape: tuple[int, int], compression=None,
+                      level: int = 6) -> tuple[h5py.File, h5py.Dataset]:
+    """A new frame file for frames of ``shape`` (rows, cols), ``compression`` one of
+    COMPRESSIONS (None: uncompressed; ``level`` for zlib); returns (file, dataset)."""
     rows, cols = int(shape[0]), int(shape[1])
+    filters = _filters(compression, level)  # before the file exists: a bad name creates none
     file = h5py.File(filename, "w", libver="latest")
     try:
         dataset = file.create_dataset(DATASET, shape=(0, rows, cols), maxshape=(None, rows, cols),
-                                      dtype="<u2", chunks=(1, rows, cols), fletcher32=True)
+                                      dtype="<u2", chunks=(1, rows, cols), fletcher32=True,
+                                      **filters)
         file.swmr_mode = True
     except BaseException:
         file.close()

@@ -6,6 +6,8 @@ NDPluginBase.template, NDFile.template).
 
 from __future__ import annotations
 
+import math
+
 from caproto import ChannelType
 from caproto.server import pvproperty
 
@@ -37,13 +39,23 @@ def readback(name, value, *, enum_strings=None, text=False, **kwargs):
     return pvproperty(name=name, read_only=True, **_kwargs(value, enum_strings, text, **kwargs))
 
 
-def setting(name, value, *, enum_strings=None, text=False, rbv_enum_strings=None, **kwargs):
+def finite_non_negative(value) -> None:
+    """Refuse (ValueError: a failed put, the old value kept) a negative, NaN or infinite value."""
+    if not math.isfinite(float(value)) or float(value) < 0:
+        raise ValueError(f"{value!r} refused: must be finite and >= 0")
+
+
+def setting(name, value, *, enum_strings=None, text=False, rbv_enum_strings=None, check=None,
+            **kwargs):
     """A setting and its ``name + "_RBV"`` readback, which follows every accepted put.
 
+    ``check(new_value)`` may raise to refuse a put (the client sees a failed put).
     Returns ``(setpoint, readback)`` pvproperties; assign both in the group's body.
     """
 
     async def put(group, instance, new_value):
+        if check is not None:
+            check(new_value)
         await group.pvdb[instance.pvname + "_RBV"].write(new_value)
         return new_value
 

@@ -1,5 +1,14 @@
 """The PaxScan flat panel served over CA: an areaDetector cam (``P + "det:cam1:"``) feeding
-the HDF5 plugin (``P + "det:HDF1:"``) and the NDStats plugin (``P + "det:Stats1:"``).
+the HDF5 plugin (``P + "det:HDF1:"``), the NDStats plugin (``P + "det:Stats1:"``) and the
+NDStdArrays plugin (``P + "det:image1:"``, live viewers).
+
+A put with callback to ``Acquire`` = 1 completes when the acquisition (every image of the
+ImageMode) ends, as ADDriver's does; ``Acquire`` = 0 ends it (and the pending callback).
+A negative, NaN or infinite AcquireTime, AcquirePeriod, NumExposures or NumImages is
+refused (a failed put; the old value stays).  In Multiple/Continuous an image starts no
+sooner than ``AcquirePeriod`` (recorded seconds, time-scaled) after the previous one.  In
+TriggerMode External, Acquire arms the detector (DetectorState Waiting) and each image
+waits for a put to ``SimTrigger`` (the twin's stand-in for the trigger input).
 
 ``Acquire`` = 1 takes ``NumImages`` images (1 in ImageMode Single); each is one frame of
 ``AcquireTime * NumExposures`` recorded seconds (a long exposure as a sum of panel frames)
@@ -15,11 +24,13 @@ from __future__ import annotations
 import asyncio
 import time
 
-from caproto import ChannelType
+from caproto import ChannelType, SkipWrite
 from caproto.server import PVGroup, SubGroup, pvproperty
 
-from .ad_records import DATA_TYPES, DETECTOR_STATES, DISABLE_ENABLE, readback, setting
+from .ad_records import (DATA_TYPES, DETECTOR_STATES, DISABLE_ENABLE, finite_non_negative,
+                         readback, setting)
 from .hdf5_plugin import HDF5PluginGroup
+from .ndarray_plugin import StdArraysPluginGroup
 from .stats_plugin import StatsPluginGroup
 
 IMAGE_MODES = ("Single", "Multiple", "Continuous")
@@ -35,12 +46,14 @@ class PaxScanCamGroup(PVGroup):
     acquire = pvproperty(name="Acquire", value="Done", dtype=ChannelType.ENUM,
                          enum_strings=("Done", "Acquire"))
     acquire_rbv = readback("Acquire_RBV", "Done", enum_strings=("Done", "Acquiring"))
-    acquire_time, acquire_time_rbv = setting("AcquireTime", 9.0, precision=3, units="s")
-    acquire_period, acquire_period_rbv = setting("AcquirePeriod", 9.0, precision=3, units="s")
+    acquire_time, acquire_time_rbv = setting("AcquireTime", 9.0, precision=3, units="s",
+                                             check=finite_non_negative)
+    acquire_period, acquire_period_rbv = setting("AcquirePeriod", 9.0, precision=3, units="s",
+                                                 check=finite_non_negative)
     image_mode, image_mode_rbv = setting("ImageMode", 0, enum_strings=IMAGE_MODES)
-    num_images, num_images_rbv = setting("NumImages", 1)
+    num_images, num_images_rbv = setting("NumImages", 1, check=finite_non_negative)
     num_images_counter = readback("NumImagesCounter_RBV", 0)
-    num_exposures, num_exposures_rbv = setting("NumExposures", 1)
+    num_exposures, num_exposures_rbv = setting("NumExposures", 1, check=finite_non_negative)
     trigger_mode, trigger_mode_rbv = setting("TriggerMode", 0, enum_strings=("Internal", "External"))
     array_callbacks, array_callbacks_rbv = setting("ArrayCallbacks", 1, enum_strings=DISABLE_ENABLE)
     array_counter, array_counter_rbv = setting("ArrayCounter", 0)
@@ -64,6 +77,7 @@ class PaxScanCamGroup(PVGroup):
     offset_correction, offset_correction_rbv = setting("OffsetCorrection", 0,
                                                        enum_strings=DISABLE_ENABLE)
     gain_correction, gain_correction_rbv = setting("GainCorrection", 0, enum_strings=DISABLE_ENABLE)
+    sim_trigger = pvproperty(name="SimTrigger", value=0, doc="twin only: one external trigger")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -71,6 +85,7 @@ class PaxScanCamGroup(PVGroup):
         self.plugin_sink = None
         self.shape = self.full_shape = (1, 1)
         self._task: asyncio.Task | None = None
+        self._trigger = asyncio.Event()
 
     def configure(self, *, world, plugin_sink, shape, full_shape) -> None:
         """``world`` makes frames (``SimWorld``), ``plugin_sink`` is the HDF5 plugin's receive."""
@@ -89,13 +104,27 @@ class PaxScanCamGroup(PVGroup):
 
     @acquire.putter
     async def acquire(self, instance, value):
-        start = value in ("Acquire", 1)
-        if start and (self._task is None or self._task.done()):
-            await self.acquire_rbv.write("Acquiring")
-            await self.detector_state.write("Acquire")
-            self._task = asyncio.get_running_loop().create_task(self._acquire())
-        elif not start and self._task is not None and not self._task.done():
+        """Acquire = 1 completes (put callback) when the acquisition ends, as ADDriver's
+        does; a put without callback returns at once.  Acquire = 0 stops it."""
+        running = self._task is not None and not self._task.done()
+        if value in ("Acquire", 1):
+            if not running:
+                self._trigger.clear()
+                await instance.write("Acquire", verify_value=False)
+                await self.acquire_rbv.write("Acquiring")
+                await self.detector_state.write("Acquire")
+                self._task = asyncio.get_running_loop().create_task(self._acquire())
+            await asyncio.wait([self._task])  # cancelled by Acquire = 0 too
+            raise SkipWrite()  # _acquire wrote Acquire = Done
+        if running:
             self._task.cancel()
+            await asyncio.wait([self._task])
+        return value
+
+    @sim_trigger.putter
+    async def sim_trigger(self, instance, value):
+        """Twin only: an external trigger pulse (TriggerMode External)."""
+        self._trigger.set()
         return value
 
     def _images_to_take(self) -> int:
@@ -109,18 +138,29 @@ class PaxScanCamGroup(PVGroup):
     async def _acquire(self) -> None:
         loop = asyncio.get_running_loop()
         taken = 0
+        previous_start = None
         try:
             for taken in range(1, self._images_to_take() + 1):
+                if self.trigger_mode.value == "External":
+                    await self.detector_state.write("Waiting")
+                    await self._trigger.wait()
+                    self._trigger.clear()
+                    await self.detector_state.write("Acquire")
+                elif previous_start is not None:  # AcquirePeriod: start to start
+                    period = float(self.acquire_period.value) * self.world.time_scale
+                    wait = previous_start + period - time.monotonic()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
                 exposure = float(self.acquire_time.value) * max(int(self.num_exposures.value), 1)
-                started = time.monotonic()
+                started = previous_start = time.monotonic()
                 frame = await loop.run_in_executor(None, self.world.frame, exposure)
                 wait = max(exposure * self.world.time_scale, MIN_IMAGE_WALL_S) - (time.monotonic() - started)
                 if wait > 0:
                     await asyncio.sleep(wait)
                 await self.detector_state.write("Readout")
-                if self.array_callbacks.value == "Enable":
-                    await self.plugin_sink(frame)
                 counter = self.array_counter.value + 1
+                if self.array_callbacks.value == "Enable":
+                    await self.plugin_sink(frame, counter)
                 await self.array_counter.write(counter, verify_value=False)
                 await self.array_counter_rbv.write(counter)
                 await self.num_images_counter.write(taken)
@@ -143,15 +183,18 @@ class PaxScanGroup(PVGroup):
     cam = SubGroup(PaxScanCamGroup, prefix="cam1:")
     hdf1 = SubGroup(HDF5PluginGroup, prefix="HDF1:")
     stats1 = SubGroup(StatsPluginGroup, prefix="Stats1:")
+    image1 = SubGroup(StdArraysPluginGroup, prefix="image1:")
 
     def configure(self, *, world, shape, full_shape=(1536, 1920)) -> None:
         """Frames of ``shape`` (rows, cols) from ``world`` (a ``SimWorld``)."""
         self.hdf1.configure(shape=shape)
         self.stats1.configure(shape=shape)
+        self.image1.configure(shape=shape)
         self.cam.configure(world=world, plugin_sink=self.plugins_receive, shape=shape,
                            full_shape=full_shape)
 
-    async def plugins_receive(self, frame) -> None:
+    async def plugins_receive(self, frame, unique_id=None) -> None:
         """The cam's NDArray to each plugin on its port, in turn (blocking callbacks)."""
-        await self.hdf1.receive(frame)
-        await self.stats1.receive(frame)
+        await self.hdf1.receive(frame, unique_id)
+        await self.stats1.receive(frame, unique_id)
+        await self.image1.receive(frame, unique_id)

@@ -17,6 +17,7 @@ appends the separator).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from pathlib import Path
@@ -24,34 +25,36 @@ from pathlib import Path
 import h5py
 import numpy as np
 from caproto import ChannelType
-from caproto.server import PVGroup, pvproperty
+from caproto import SkipWrite
+from caproto.server import pvproperty
 
-from simulators.frame_file import append_frame, close_frame_file, create_frame_file
+from simulators.frame_file import (COMPRESSIONS as WRITABLE, append_frame, close_frame_file,
+                                   create_frame_file)
 
-from .ad_records import DATA_TYPES, DISABLE_ENABLE, NO_YES, readback, setting
+from .ad_records import NO_YES, readback, setting
+from .ndarray_plugin import NDPluginBaseGroup
 
 log = logging.getLogger(__name__)
 
 WRITE_MODES = ("Single", "Capture", "Stream")
+COMPRESSIONS = ("None", "N-bit", "szip", "zlib", "blosc", "bslz4", "lz4", "jpeg")
+"""NDFileHDF5's Compression enum; the twin writes None, zlib and bslz4 (frame_file.COMPRESSIONS)."""
+
+
+def _zlib_level(value) -> None:
+    if not 0 <= int(value) <= 9:
+        raise ValueError(f"ZCompressLevel {value} refused: 0..9")
 
 
 class PathRefused(ValueError):
     """A file path outside the plugin's write root."""
 
 
-class HDF5PluginGroup(PVGroup):
+class HDF5PluginGroup(NDPluginBaseGroup):
     """NDFileHDF5 plugin: ``shape`` (rows, cols) of the frames, ``cam_port`` its source."""
 
     plugin_type = readback("PluginType_RBV", "NDFileHDF5", text="string")
     port_name = readback("PortName_RBV", "HDF1", text="string")
-    nd_array_port, nd_array_port_rbv = setting("NDArrayPort", "PAX1", text="string")
-    enable, enable_rbv = setting("EnableCallbacks", 1, enum_strings=DISABLE_ENABLE)
-    blocking, blocking_rbv = setting("BlockingCallbacks", 1, enum_strings=NO_YES)
-    array_counter, array_counter_rbv = setting("ArrayCounter", 0)
-    array_size0 = readback("ArraySize0_RBV", 0)
-    array_size1 = readback("ArraySize1_RBV", 0)
-    array_size2 = readback("ArraySize2_RBV", 0)
-    data_type = readback("DataType_RBV", "UInt16", enum_strings=DATA_TYPES)
     file_path, file_path_rbv = setting("FilePath", "", text=True)
     file_path_exists = readback("FilePathExists_RBV", 0, enum_strings=NO_YES)
     create_directory, create_directory_rbv = setting("CreateDirectory", -5)
@@ -69,10 +72,13 @@ class HDF5PluginGroup(PVGroup):
     num_captured = readback("NumCaptured_RBV", 0)
     write_status = readback("WriteStatus", 0, enum_strings=("Write OK", "Write error"))
     write_message = readback("WriteMessage", "", text=True)
+    compression, compression_rbv = setting("Compression", 0, enum_strings=COMPRESSIONS)
+    z_compress_level, z_compress_level_rbv = setting("ZCompressLevel", 6, check=_zlib_level)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.shape = (1, 1)
+        self._capture_done = asyncio.Event()
+        self._capture_done.set()
         self._file: h5py.File | None = None
         self._dataset = None
         self.write_root: str | None = None
@@ -96,16 +102,6 @@ class HDF5PluginGroup(PVGroup):
         await self.write_status.write("Write error")
         await self.write_message.write(message[:255])
 
-    def configure(self, *, shape) -> None:
-        """(rows, cols) of the frames, before the server starts."""
-        self.shape = (int(shape[0]), int(shape[1]))
-
-    @plugin_type.startup
-    async def plugin_type(self, instance, async_lib):
-        rows, cols = self.shape
-        await self.array_size0.write(cols)
-        await self.array_size1.write(rows)
-
     @file_path.putter
     async def file_path(self, instance, value):
         if value and not value.endswith(os.sep):
@@ -124,8 +120,16 @@ class HDF5PluginGroup(PVGroup):
         await self.file_path_exists.write(1 if path.is_dir() and os.access(path, os.W_OK) else 0)
         return value
 
+    @compression.putter
+    async def compression(self, instance, value):
+        if value not in WRITABLE:
+            raise ValueError(f"Compression {value} is not simulated: one of {', '.join(WRITABLE)}")
+        await self.compression_rbv.write(value)
+        return value
+
     @capture.putter
     async def capture(self, instance, value):
+        """Capture = 1 opens the file and completes (put callback) when capture ends."""
         if value in ("Capture", 1):
             if self.file_write_mode.value != "Stream":
                 raise ValueError("only Stream mode is simulated")
@@ -142,11 +146,19 @@ class HDF5PluginGroup(PVGroup):
                 number = self.file_number.value + 1
                 await self.file_number.write(number, verify_value=False)
                 await self.file_number_rbv.write(number)
+            self._capture_done.clear()
+            await instance.write(value, verify_value=False)
             await self.capture_rbv.write("Capturing")
-        else:
-            self._close()
-            await self.capture_rbv.write("Done")
+            await self._capture_done.wait()
+            raise SkipWrite()  # _end_capture wrote Capture = Done
+        await self._end_capture()
         return value
+
+    async def _end_capture(self) -> None:
+        self._close()
+        self._capture_done.set()
+        await self.capture.write("Done", verify_value=False)
+        await self.capture_rbv.write("Done")
 
     def _open(self) -> None:
         self._close()
@@ -154,7 +166,9 @@ class HDF5PluginGroup(PVGroup):
                                                self.file_number.value)
         self._confined(filename, "file")  # a file name or template may lead elsewhere
         rows, cols = self.shape
-        self._file, self._dataset = create_frame_file(filename, (rows, cols))
+        level = int(self.z_compress_level.value)
+        self._file, self._dataset = create_frame_file(
+            filename, (rows, cols), compression=self.compression.value, level=level)
 
     def _close(self) -> None:
         file, self._file, self._dataset = self._file, None, None
@@ -162,13 +176,10 @@ class HDF5PluginGroup(PVGroup):
         if problem:
             log.error(problem)
 
-    async def receive(self, frame: np.ndarray) -> None:
+    async def receive(self, frame: np.ndarray, unique_id: int | None = None) -> None:
         """One NDArray from the cam: counted, and appended to the file while capturing."""
-        if self.enable.value != "Enable":
+        if not await self.count(frame, unique_id):
             return
-        counter = self.array_counter.value + 1
-        await self.array_counter.write(counter, verify_value=False)
-        await self.array_counter_rbv.write(counter)
         if self._dataset is None:
             return
         try:
@@ -176,10 +187,8 @@ class HDF5PluginGroup(PVGroup):
         except OSError as err:  # disk full, file removed: not captured, the file closed; say so
             await self.write_status.write("Write error")
             await self.write_message.write(str(err)[:255])
-            self._close()
+            await self._end_capture()
             return
         await self.num_captured.write(index + 1)
         if 0 < self.num_capture.value <= index + 1:
-            self._close()
-            await self.capture.write("Done", verify_value=False)
-            await self.capture_rbv.write("Done")
+            await self._end_capture()
