@@ -81,11 +81,15 @@ def slow(tmp_path_factory):
 
 @pytest.fixture
 def det(ioc):
+    """The session IOC's detector; the settings the tests change are put back to the
+    IOC's defaults (other test files share this IOC)."""
     client = Client(ioc.prefix, ioc.port)
     client.write_path = ioc.write_path
     yield client
     client.put("cam1:TriggerMode", 0)
     client.put("cam1:ImageMode", 0)
+    client.put("cam1:NumImages", 1)
+    client.put("HDF1:NumCapture", 0)
     client.put("HDF1:Compression", 0)
 
 
