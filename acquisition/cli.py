@@ -177,8 +177,12 @@ def _proxy(args) -> int:
     from .remote import make_proxy
 
     proxy = make_proxy(args.in_port, args.out_port, host=args.bind)
-    print(f"0MQ proxy: publishers to tcp://{args.bind}:{proxy.in_port}, subscribers from "
-          f"tcp://{args.bind}:{proxy.out_port}; Ctrl-C ends", flush=True)
+
+    def address(port) -> str:  # bluesky 1.15's Proxy holds "tcp://host:port", older ones the port
+        return str(port) if "://" in str(port) else f"tcp://{args.bind}:{port}"
+
+    print(f"0MQ proxy: publishers to {address(proxy.in_port)}, subscribers from "
+          f"{address(proxy.out_port)}; Ctrl-C ends", flush=True)
     try:
         proxy.start()
     except KeyboardInterrupt:
@@ -316,9 +320,19 @@ def _remote(args) -> int:
     if args.process:
         callbacks.append(darkfield_router(args.out, publish=window.derived_callback))
     start_dispatcher(address, callbacks)
+    # Ctrl-C ends it too: Qt's loop holds Python's signal handlers until it returns to the
+    # interpreter, so a timer hands it control now and then
+    import signal
+
+    from pyqtgraph.Qt import QtCore
+
+    signal.signal(signal.SIGINT, lambda *_: app.quit())
+    wake = QtCore.QTimer()
+    wake.timeout.connect(lambda: None)
+    wake.start(200)
     print(f"monitoring documents from {address[0]}:{address[1]}"
           f"{'; its processor writes into ' + args.out if args.process else ''}; "
-          "closing the window ends", flush=True)
+          "closing the window or Ctrl-C ends", flush=True)
     try:
         return app.exec()
     except Exception as err:
