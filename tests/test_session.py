@@ -274,7 +274,7 @@ def test_each_way_out_ends_with_0_after_everything_is_written(tmp_path, way):
     FIRST_CELL_S.append(first_cell)
     print(f"\nsession start to the first cell: {first_cell:.2f} s ({way}; "
           f"median so far {statistics.median(FIRST_CELL_S):.2f} s of {len(FIRST_CELL_S)})")
-    assert first_cell < 8.0
+    assert first_cell < 60.0  # a hang, not a speed check: the figure is printed (about 3 s alone)
 
     catalogue = open_catalogue(out / "catalogue", readable=[out])
     try:
