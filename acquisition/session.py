@@ -375,4 +375,10 @@ def start_session(instrument, out_dir, *, kind: str, command: str | None = None,
         except Exception as err:  # noqa: BLE001  say it, and still write what is held
             log.error("session exit: %s", err)
         subscribers.close(timeout=EXIT_TIMEOUT_S)
+        if monitor is not None:  # Qt objects gone before PyQt's own exit cleanup (it can crash)
+            from pyqtgraph.Qt import QtWidgets
+
+            monitor.close()
+            monitor.deleteLater()
+            QtWidgets.QApplication.processEvents()
     return 0
