@@ -9,15 +9,17 @@ in SWMR mode so frames can be read while the writer still appends.  A broken or 
 One open frame file per process.  HDF5 shares one open dataset among all the handles a
 process opens to it, and once a dataset of a file that another process is still appending
 to is open twice at once, ``refresh()`` updates its extent but not its chunk index: every
-frame appended after the first open then reads, without any error, as the first frame read
-(checked with HDF5 2.0 / h5py 3.16; ``tests/test_frames_loader.py`` shows it).  The live
-monitor's filler and the processor's worker read the same file at the same time, so with
-``talbot-lau session --ioc P --monitor`` every frame read as the dark frame.  Every
-:class:`HDF5FrameHandler` therefore reads through one shared, reference-counted handle per
-file (:func:`_acquire`, keyed by device and inode), refreshed and read under its lock;
-the file is closed when the last handler is closed or collected.  A reader that asks for a
-frame the file does not hold yet waits up to :data:`FRAME_WAIT_S` while the file is still
-being written (SWMR), then raises :class:`FrameReadError` naming the file and the frame.
+frame appended since then reads, without any error, as an earlier one (the first: the dark
+frame), and a second open sees the first one's stale extent (checked with HDF5 2.0 / h5py
+3.16; ``tests/test_live_equals_offline.py`` shows it).  The live monitor's filler and the
+processor's worker read the same file at the same time, so with ``talbot-lau session --ioc P
+--monitor`` every frame the processor read was the dark frame (T = V = 1, no clusters, or
+"no beam").  Every :class:`HDF5FrameHandler` therefore reads through one shared,
+reference-counted handle per file (:func:`_acquire`, keyed by device and inode), refreshed
+and read under its lock; the file is closed when the last handler is closed or collected.
+A reader that asks for a frame the file does not hold yet waits up to :data:`FRAME_WAIT_S`
+while the file is still being written (SWMR), then raises :class:`FrameReadError` naming
+the file and the frame.
 
 Consumers that must not read files where they receive documents (the live processor gets
 them on the RunEngine's thread) keep a :class:`FrameRef` per frame (``frame_ref(resource,

@@ -68,7 +68,7 @@ class Block:
     def skip_reason(self) -> str | None:
         """The reason of a ``skip (REASON)`` marker ('' for a skip without a reason)."""
         if self.marker and self.marker.split("(")[0].strip() == "skip":
-            match = re.fullmatch(r"skip\s*\((.*)\)", self.marker, re.S)
+            match = re.fullmatch(r"skip\s*\((.*)\)", self.marker, re.DOTALL)
             return match.group(1).strip() if match else ""
         return None
 
@@ -276,18 +276,35 @@ def port_is_free(port: int) -> bool:
 def run_shell(command: str, cwd: Path, env: dict, *, stdin: str | None = None,
               timeout: float = 120) -> subprocess.CompletedProcess:
     """One documented command, as written, through ``bash -c``; ``stdin``: lines typed into it."""
-    return subprocess.run(["bash", "-c", command], cwd=cwd, env=env, input=stdin, text=True,
+    return subprocess.run(["bash", "-c", command], cwd=cwd, env=env, input=stdin, text=True, check=False,
                           capture_output=True, timeout=timeout)
+
+
+def start_python(source: str, cwd: Path, env: dict, *, epilogue: str = "",
+                 name: str = "doc_snippet.py") -> subprocess.Popen:
+    """Documented Python, as written, then the test's ``epilogue`` (which reports with
+    :data:`REPORT`'s ``report``), in a fresh interpreter started now (``communicate()``)."""
+    script = cwd / name
+    script.write_text(source + "\n# --- the test's epilogue ---\n" + epilogue)
+    return subprocess.Popen([sys.executable, str(script)], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def finish(process: subprocess.Popen, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Wait for a started process (killed after ``timeout`` s); its result."""
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+        err += f"\n(killed after {timeout} s)"
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
 def run_python(source: str, cwd: Path, env: dict, *, epilogue: str = "",
                timeout: float = 120) -> subprocess.CompletedProcess:
-    """Documented Python, as written, then the test's ``epilogue`` (which reports with
-    :func:`report`), in a fresh interpreter."""
-    script = cwd / "doc_snippet.py"
-    script.write_text(source + "\n# --- the test's epilogue ---\n" + epilogue)
-    return subprocess.run([sys.executable, str(script)], cwd=cwd, env=env, text=True,
-                          capture_output=True, timeout=timeout)
+    """:func:`start_python`, waited for."""
+    return finish(start_python(source, cwd, env, epilogue=epilogue), timeout)
 
 
 REPORT = f"""

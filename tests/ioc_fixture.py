@@ -75,7 +75,7 @@ def searching_port(port: int):
         os.environ["EPICS_CA_ADDR_LIST"] = saved
 
 
-def caget(pvname: str, port: int, timeout: float = 3.0):
+def caget(pvname: str, port: int, timeout: float = 10.0):
     """One value of ``pvname`` from the server on ``port`` (caproto's sync client)."""
     from caproto.sync.client import read
 

@@ -23,6 +23,7 @@ from ioc_fixture import _free_port, searching_port, spawn_ioc, stop_ioc
 
 pytest_plugins = ["ioc_fixture"]  # the session fixture ``ioc``
 SCALE = 0.05
+TIMEOUT_S = 10.0  # search + reply; a loaded CI machine has taken more than 3 s to answer
 
 
 class Client:
@@ -33,11 +34,11 @@ class Client:
 
     def get(self, suffix):
         with searching_port(self.port):
-            data = read(self.prefix + "det:" + suffix, timeout=3, repeater=False,
+            data = read(self.prefix + "det:" + suffix, timeout=TIMEOUT_S, repeater=False,
                         force_int_enums=True).data
         return data if len(data) > 1 else data[0]
 
-    def put(self, suffix, value, notify=True, timeout=3.0):
+    def put(self, suffix, value, notify=True, timeout=TIMEOUT_S):
         with searching_port(self.port):
             write(self.prefix + "det:" + suffix, value, notify=notify, timeout=timeout,
                   repeater=False)
@@ -186,7 +187,7 @@ def test_external_trigger_arms_and_each_image_waits_for_a_trigger(det):
 
 def test_plugins_have_the_ndpluginbase_pvs(det, ioc):
     rows, cols = ioc.region[2:]
-    det.put("cam1:Acquire", 1, timeout=5)
+    det.put("cam1:Acquire", 1)
     counter = det.get("cam1:ArrayCounter_RBV")
     for plugin in ("HDF1:", "Stats1:", "image1:"):
         assert det.get(plugin + "NDimensions_RBV") == 2
@@ -213,7 +214,7 @@ def test_zlib_files_read_back_equal_and_image1_holds_the_last_frame(det, ioc):
     det.wait_for("HDF1:Capture_RBV", 1)
     det.put("cam1:ImageMode", 1)
     det.put("cam1:NumImages", 2)
-    det.put("cam1:Acquire", 1, timeout=5)
+    det.put("cam1:Acquire", 1)
     det.wait_for("HDF1:Capture_RBV", 0)
     filename = bytes(det.get("HDF1:FullFileName_RBV")).rstrip(b"\0").decode()
     with h5py.File(filename, "r") as f:

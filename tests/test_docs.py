@@ -33,16 +33,16 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from ioc_fixture import caget
 from docs_snippets import (
-    REPORT,
     REPO,
+    REPORT,
     Server,
     argv,
     block,
     code_blocks,
     commands,
     doc_env,
+    finish,
     free_port,
     ipython_lines,
     parse_blocks,
@@ -50,8 +50,10 @@ from docs_snippets import (
     results,
     run_python,
     run_shell,
+    start_python,
     write_configs,
 )
+from ioc_fixture import caget
 
 README, OPERATING, CATALOGUE = "README.md", "docs/operating.md", "docs/catalogue.md"
 HARDWARE, RECONSTRUCTION = "docs/hardware.md", "docs/reconstruction.md"
@@ -78,8 +80,9 @@ MAP = {
 }
 """(doc file, marker name) -> the test that runs that block as written."""
 
-SKIPPED: dict[tuple[str, int], str] = {}
-"""Blocks marked ``doc-test: skip (reason)``, reviewed: none at present."""
+SKIPPED: set[tuple[str, str]] = set()
+"""(doc file, reason) of the blocks marked ``doc-test: skip (reason)``, reviewed: none at
+present (even the lab's own prefix and write path run here, against the IOC twins)."""
 
 REGION_12 = (608, 746, 320, 432)
 """A detector region holding all 12 clusters of the embedded phantom (3 of each class)."""
@@ -104,7 +107,7 @@ def test_every_documented_block_has_a_test():
         elif b.skip_reason is not None:
             if not b.skip_reason:
                 problems.append(f"{b.where}: a skip needs its reason: <!-- doc-test: skip (reason) -->")
-            elif SKIPPED.get((b.path, b.line)) != b.skip_reason:
+            elif (b.path, b.skip_reason) not in SKIPPED:
                 problems.append(f"{b.where}: skipped ({b.skip_reason}) but not in SKIPPED, "
                                 "the reviewed list of skips")
         elif (b.path, b.name) not in MAP:
@@ -116,7 +119,25 @@ def test_every_documented_block_has_a_test():
     problems += [f"MAP: {key} names no code block of the docs" for key in MAP if key not in found]
     problems += [f"MAP: {key} -> {test}: no such test" for key, test in MAP.items()
                  if not callable(globals().get(test))]
+    problems += [f"MAP: {key} -> {test}: the test never reads that block" for key, test in MAP.items()
+                 if callable(globals().get(test)) and f'"{key[1]}"' not in _reached_source(test)]
     assert not problems, "\n".join(problems)
+
+
+def _reached_source(name: str) -> str:
+    """The source of the test ``name``, of the fixtures and functions of this module it
+    names, of those they name, and so on."""
+    seen, todo, text = set(), [name], []
+    while todo:
+        current = todo.pop()
+        item = globals().get(current)
+        if current in seen or not callable(item) or getattr(item, "__module__", None) != __name__:
+            continue
+        seen.add(current)
+        source = inspect.getsource(item)
+        text.append(source)
+        todo += re.findall(r"\b[a-z_][a-z0-9_]*\b", source)
+    return "\n".join(text)
 
 
 def test_the_harness_finds_blocks_markers_and_commands():
@@ -243,27 +264,47 @@ def configs_2(tmp_path_factory):
     return write_configs(tmp_path_factory.mktemp("configs-2"), region=REGION_2, time_scale=TIME_SCALE)
 
 
-@pytest.fixture(scope="module")
-def tl_ioc(tmp_path_factory, configs_12):
+def start_tl_ioc(tmp: Path, configs: Path) -> tuple[Server, dict]:
     """The rehearsal's IOC, ``talbot-lau ioc --prefix TL: --write-path /tmp/tl-frames`` as
-    written, on a port of its own (``EPICS_CA_SERVER_PORT``, which clients use for
-    ``EPICS_CA_ADDR_LIST`` entries without a port); yields the client environment's extras."""
+    written, on a port of its own (``EPICS_CA_SERVER_PORT``, which clients also use for the
+    ``EPICS_CA_ADDR_LIST`` entries without a port); (the server, the clients' extra environment)."""
     first = commands(block(OPERATING, "ioc-rehearsal").text)[0]
-    tmp = tmp_path_factory.mktemp("tl-ioc")
     port = free_port()
     ca = {"EPICS_CA_SERVER_PORT": port, "EPICS_CA_REPEATER_PORT": free_port()}
-    with Server(first, tmp, doc_env(tmp, configs_12, **ca)) as ioc:
-        ioc.wait_for(rf"serving TL:g2, .* on 127\.0\.0\.1 port {port}; .* files under /tmp/tl-frames only")
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                caget("TL:tube:State_RBV", port, timeout=0.5)
-                break
-            except TimeoutError:
-                assert time.monotonic() < deadline and ioc.process.poll() is None, ioc.output[-3000:]
-        yield ca
-        assert ioc.process.poll() is None, ioc.output[-3000:]
-    assert ioc.process.returncode == 0, ioc.output[-3000:]  # Ctrl-C ends it quietly
+    return Server(first, tmp, doc_env(tmp, configs, **ca)), ca
+
+
+def wait_until_serving(ioc: Server, port: int) -> None:
+    ioc.wait_for(rf"serving TL:g2, .* on 127\.0\.0\.1 port {port}; .* files under /tmp/tl-frames only")
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            caget("TL:tube:State_RBV", port, timeout=0.5)
+            return
+        except TimeoutError:
+            assert time.monotonic() < deadline and ioc.process.poll() is None, ioc.output[-3000:]
+
+
+@pytest.fixture(scope="module")
+def tl_iocs(tmp_path_factory, configs_12):
+    """Two such IOCs (each plan that moves and exposes gets one of its own, and a session
+    closes its IOC's shutter when it ends); yields their clients' extra environments."""
+    before = set(TL_FRAMES.rglob("*")) if TL_FRAMES.is_dir() else set()
+    started = [start_tl_ioc(tmp_path_factory.mktemp("tl-ioc"), configs_12) for _ in range(2)]
+    try:
+        for ioc, ca in started:
+            wait_until_serving(ioc, ca["EPICS_CA_SERVER_PORT"])
+        yield [ca for _, ca in started]
+        for ioc, _ in started:
+            assert ioc.process.poll() is None, ioc.output[-3000:]
+    finally:
+        statuses = [ioc.stop() for ioc, _ in started]
+        for path in sorted(set(TL_FRAMES.rglob("*")) - before, reverse=True):  # the frames written here
+            if path.is_file():
+                path.unlink()
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+    assert statuses == [0, 0], [ioc.output[-3000:] for ioc, _ in started]  # Ctrl-C ends them quietly
 
 
 # --- README and the demo ---------------------------------------------------------------------------
@@ -368,99 +409,116 @@ def test_a_projection_and_a_lab_day_from_python(tmp_path, configs_2):
 
 # --- the session --------------------------------------------------------------------------------------
 
-def test_the_session_forms_on_the_twins_and_over_channel_access(tmp_path, configs_12, tl_ioc):
-    """The three forms of ``talbot-lau session`` as written, typed into through IPython: the
-    in-process twins with the monitor and the EPICS instrument of a lab.yaml (the IOC twins)
-    without it each take a projection and find the 12 clusters as the truth says; the IOC
-    twins at TL: with the monitor connect, show ``%wa`` and the monitor (a projection over
-    Channel Access with the monitor is the rehearsal test's).  Then the catalogue server of
-    operating.md serves the first session's runs, frames and derived images."""
+@pytest.fixture(scope="module")
+def sessions(tmp_path_factory, configs_12, tl_iocs):
+    """The session forms and the rehearsal of docs/operating.md, as written, in two rounds of
+    processes at once (no two plans on one IOC, and no session ending on an IOC while a
+    plan runs there): first the in-process twins with the monitor, the rehearsal on IOC 1
+    and the lab.yaml form on IOC 2, each typed a projection; then the ``--ioc TL: --monitor``
+    form on IOC 1, the catalogue server on the first session's data, and ``talbot-lau
+    reconstruct`` of the rehearsal's run."""
     sim, ioc, lab = commands(block(OPERATING, "session-forms").text)
-    assert argv(sim)[:2] == ["talbot-lau", "session"] and "--sim" in sim and "--ioc" in ioc and "--config" in lab
-    cwd = {}
-    for name in ("sim", "ioc", "lab"):
-        cwd[name] = tmp_path / name
-        cwd[name].mkdir()
-    lab_yaml = write_configs(tmp_path / "lab-configs", write_path=TL_FRAMES) / "instrument.yaml"
+    rehearsal = commands(block(OPERATING, "ioc-rehearsal").text)[1]
+    root = tmp_path_factory.mktemp("sessions")
+    cwd = {name: root / name for name in ("sim", "ioc", "lab", "rehearsal")}
+    for path in cwd.values():
+        path.mkdir()
+    lab_yaml = write_configs(root / "lab-configs", write_path=TL_FRAMES) / "instrument.yaml"
     shutil.copy(lab_yaml, cwd["lab"] / "lab.yaml")  # prefix TL: (the embedded one), frames where the IOC writes
+    ioc_1, ioc_2 = tl_iocs
 
-    def session(name, command, sample, *extra):
-        env = doc_env(cwd[name], configs_12, **(tl_ioc if name != "sim" else {}))
-        return run_shell(command, cwd[name], env, stdin=session_lines(sample, *extra), timeout=240)
+    def session(name, command, ca, stdin):
+        return run_shell(command, cwd[name], doc_env(cwd[name], configs_12, **ca), stdin=stdin, timeout=240)
 
-    # all three at once (one projection on the IOC: the rehearsal test runs another with the monitor);
-    # the catalogue server of operating.md serves the first session's data while the others finish
     with ThreadPoolExecutor(3) as pool:
-        on_sim = pool.submit(session, "sim", sim, "doc-sim", "%mov g2 1.6", "%wa")
-        on_lab = pool.submit(session, "lab", lab, "doc-lab")
-        connected = pool.submit(run_shell, ioc, cwd["ioc"], doc_env(cwd["ioc"], configs_12, **tl_ioc),
-                                stdin=ipython_lines("%wa", "print('DOCTEST-RESULT ' + __import__('json').dumps("
-                                                    "{'devices': [type(d).__name__ for d in instrument.devices], "
-                                                    "'monitor': type(monitor).__name__}))"), timeout=240)
-        sim_done = on_sim.result()
-        found = assert_session_ran(sim_done, "sim")
-        serve_the_catalogue_of(cwd["sim"], results(sim_done.stdout)["uid"])
-        lab_done, ioc_done = on_lab.result(), connected.result()
-
-    for name, done, kind in (("sim", sim_done, "simulated"), ("lab", lab_done, "EPICS (TL:)")):
-        found = assert_session_ran(done, name)
-        assert f"talbot-lau session: {kind} instrument" in done.stdout
-        assert_as_the_truth(configs_12, found["derived"], TWELVE)
-        uid8 = found["uid"][:8]
-        assert (cwd[name] / "data" / f"run_{uid8}.nxs").is_file()
-        assert (cwd[name] / "data" / f"derived_{uid8}.h5").is_file()
-    assert re.search(r"^\s*g2\s+1\.6\s", sim_done.stdout, re.M)  # %wa after %mov
-    assert ioc_done.returncode == 0 and "Traceback" not in ioc_done.stdout + ioc_done.stderr, ioc_done.stderr[-3000:]
-    assert "talbot-lau session: EPICS (TL:) instrument" in ioc_done.stdout
-    assert re.search(r"^\s*g2\s+-?[\d.]+\s", ioc_done.stdout, re.M)
-    assert results(ioc_done.stdout) == {"devices": ["XRayTube", "PiezoStepper", "SampleStage", "PaxScanDetector"],
-                                        "monitor": "MonitorWindow"}
+        first = {"sim": pool.submit(session, "sim", sim, {}, session_lines("doc-sim", "%mov g2 1.6", "%wa")),
+                 "rehearsal": pool.submit(session, "rehearsal", rehearsal, ioc_1, session_lines("doc-rehearsal")),
+                 "lab": pool.submit(session, "lab", lab, ioc_2, session_lines("doc-lab"))}
+        done = {name: future.result() for name, future in first.items()}
+        connected = pool.submit(session, "ioc", ioc, ioc_1, ipython_lines(
+            "%wa", "print('DOCTEST-RESULT ' + __import__('json').dumps({'devices': "
+            "[type(d).__name__ for d in instrument.devices], 'monitor': type(monitor).__name__}))"))
+        uid = results(done["rehearsal"].stdout).get("uid", "none")
+        offline = pool.submit(run_shell, f"talbot-lau reconstruct talbot-lau-data/run_{uid[:8]}.nxs --out offline",
+                              cwd["rehearsal"], doc_env(cwd["rehearsal"], configs_12))
+        served = serve_the_catalogue_of(cwd["sim"], results(done["sim"].stdout).get("uid", "none"))
+        done["ioc"], done["offline"] = connected.result(), offline.result()
+    return {"cwd": cwd, "done": done, "served": served}
 
 
-def serve_the_catalogue_of(cwd: Path, uid: str) -> None:
-    """operating.md's catalogue server on a session's ``data``: the run, its frames and its
-    derived images come back through it, and the API key never shows in its output."""
+def serve_the_catalogue_of(cwd: Path, uid: str) -> dict:
+    """operating.md's catalogue server on a session's ``data``: what comes back through it."""
     require_free(8000)
     from acquisition.catalogue import find_runs
 
     (serve,) = commands(block(OPERATING, "catalogue-server").text)
+    found = {}
     with Server(serve, cwd, doc_env(cwd)) as server:
         server.wait_for(r"serving data/catalogue at http://127\.0\.0\.1:8000")
         client = wait_for_catalogue("http://127.0.0.1:8000", cwd / "data/catalogue/api_key")
         try:
             runs = find_runs(client, "doc-sim")
-            assert list(runs) == [uid]
+            found["runs"] = list(runs)
             frames = runs[uid]["primary"]["detector_image"].read()
-            assert frames.shape == (5, *REGION_12[2:]) and frames.dtype == np.uint16
+            found["frames"] = (frames.shape, str(frames.dtype))
             derived = find_runs(client, "doc-sim", derived=True)
-            (derived_uid,) = derived
-            served = np.asarray(derived[derived_uid]["images"]["scattering"].read())
-            with h5py.File(cwd / "data" / f"derived_{uid[:8]}.h5", "r") as f:
-                written = f["entry/scattering/data"][()]
-            np.testing.assert_array_equal(served.reshape(written.shape), written)
+            found["derived"] = {key: np.asarray(derived[key]["images"]["scattering"].read()) for key in derived}
         finally:
             client.context.close()
-        key = (cwd / "data/catalogue/api_key").read_text().strip()
-        assert key and key not in server.output
+        found["key"] = (cwd / "data/catalogue/api_key").read_text().strip()
+    found["output"] = server.output
+    return found
 
 
-def test_the_rehearsal_over_channel_access_with_the_monitor_equals_reconstruct(tmp_path, configs_12, tl_ioc):
-    """docs/operating.md's rehearsal: the IOC twins (``tl_ioc``, its first command) and the
+def test_the_session_forms_on_the_twins_and_over_channel_access(sessions, configs_12):
+    """The three forms of ``talbot-lau session`` as written, typed into through IPython: the
+    in-process twins with the monitor and the EPICS instrument of a lab.yaml (the IOC twins)
+    without it each take a projection and find the 12 clusters as the truth says; the IOC
+    twins at TL: with the monitor connect, show ``%wa`` and the monitor (the rehearsal test
+    has a projection over Channel Access with the monitor).  The catalogue server of
+    operating.md serves the first session's run, frames and derived images, and never shows
+    its API key."""
+    cwd, done = sessions["cwd"], sessions["done"]
+    for name, kind in (("sim", "simulated"), ("lab", "EPICS (TL:)")):
+        found = assert_session_ran(done[name], name)
+        assert f"talbot-lau session: {kind} instrument" in done[name].stdout
+        assert_as_the_truth(configs_12, found["derived"], TWELVE)
+        uid8 = found["uid"][:8]
+        assert (cwd[name] / "data" / f"run_{uid8}.nxs").is_file()
+        assert (cwd[name] / "data" / f"derived_{uid8}.h5").is_file()
+    assert re.search(r"^\s*g2\s+1\.6\s", done["sim"].stdout, re.MULTILINE)  # %wa after %mov
+    on_ioc = done["ioc"]
+    assert on_ioc.returncode == 0 and "Traceback" not in on_ioc.stdout + on_ioc.stderr, \
+        on_ioc.stdout[-2000:] + on_ioc.stderr[-3000:]
+    assert "talbot-lau session: EPICS (TL:) instrument" in on_ioc.stdout
+    assert re.search(r"^\s*g2\s+-?[\d.]+\s", on_ioc.stdout, re.MULTILINE)
+    assert results(on_ioc.stdout) == {"devices": ["XRayTube", "PiezoStepper", "SampleStage", "PaxScanDetector"],
+                                      "monitor": "MonitorWindow"}
+
+    served, uid = sessions["served"], results(done["sim"].stdout)["uid"]
+    assert served["runs"] == [uid]
+    assert served["frames"] == ((5, *REGION_12[2:]), "uint16")
+    with h5py.File(cwd["sim"] / "data" / f"derived_{uid[:8]}.h5", "r") as f:
+        written = f["entry/scattering/data"][()]
+    (image,) = served["derived"].values()
+    np.testing.assert_array_equal(image.reshape(written.shape), written)
+    assert served["key"] and served["key"] not in served["output"]
+
+
+def test_the_rehearsal_over_channel_access_with_the_monitor_equals_reconstruct(sessions, configs_12):
+    """docs/operating.md's rehearsal: the IOC twins (``tl_iocs``: its first command) and the
     session over Channel Access with the monitor, as written; the live derived images equal
     ``talbot-lau reconstruct`` of the run pixel for pixel, with the 12 clusters as the truth."""
-    session = commands(block(OPERATING, "ioc-rehearsal").text)[1]
-    done = run_shell(session, tmp_path, doc_env(tmp_path, configs_12, **tl_ioc),
-                     stdin=session_lines("doc-rehearsal"), timeout=240)
-    found = assert_session_ran(done, "rehearsal")
-    assert "talbot-lau session: EPICS (TL:) instrument" in done.stdout
+    cwd, done = sessions["cwd"]["rehearsal"], sessions["done"]
+    found = assert_session_ran(done["rehearsal"], "rehearsal")
+    assert "talbot-lau session: EPICS (TL:) instrument" in done["rehearsal"].stdout
     assert_as_the_truth(configs_12, found["derived"], TWELVE)
     uid8 = found["uid"][:8]
-    data = tmp_path / "talbot-lau-data"
-    offline = run_shell(f"talbot-lau reconstruct talbot-lau-data/run_{uid8}.nxs --out offline", tmp_path,
-                        doc_env(tmp_path, configs_12))
+    offline = done["offline"]
     assert offline.returncode == 0, offline.stderr
     assert f"run_{uid8}.nxs: 12 clusters" in offline.stdout
-    assert_same_derived(data / f"derived_{uid8}.h5", tmp_path / "offline" / f"derived_{uid8}.h5")
+    data = cwd / "talbot-lau-data"
+    assert_same_derived(data / f"derived_{uid8}.h5", cwd / "offline" / f"derived_{uid8}.h5")
     with h5py.File(data / f"run_{uid8}.nxs", "r") as record:
         files = {f.decode() if isinstance(f, bytes) else f for f in record["entry/instrument/detector/frames/file"][()]}
     assert all(Path(f).parent.resolve().is_relative_to(TL_FRAMES.resolve()) for f in files), files
@@ -468,16 +526,50 @@ def test_the_rehearsal_over_channel_access_with_the_monitor_equals_reconstruct(t
 
 # --- 0MQ and the catalogue -------------------------------------------------------------------------
 
+CATALOGUE_INTERLUDE = REPORT + """
+report(frames=list(frames.shape), dtype=str(frames.dtype), g2_um=[float(v) for v in g2_um])
+_reopened = open_catalogue("runs/")
+_derived = find_runs(_reopened, "S-17", derived=True)
+report(derived=len(_derived), textures=sorted(str(t) for uid in _derived
+                                              for t in _derived[uid]["clusters"]["texture"].read()))
+_reopened.context.close()
+import time as _time
+from acquisition.catalogue import connect_catalogue as _connect
+for _ in range(600):  # the server starts when the 0MQ session has written talbot-lau-data
+    try:
+        _connect("http://127.0.0.1:8000", api_key_file="talbot-lau-data/catalogue/api_key").context.close()
+        break
+    except Exception:
+        _time.sleep(0.2)
+"""
+"""Between catalogue.md's two Python blocks: what the first gave, and a wait for the server."""
+
+CATALOGUE_EPILOGUE = REPORT + """
+engine(darkfield_projection(instrument, steps=3, dark_frames=1, exposure_s=1.0, sample={"id": "S-17"}))
+report(through_server=len(find_runs(client, "S-17")))
+_runs = find_runs(client, "doc-zmq")
+report(served_frames=[list(_runs[uid]["primary"]["detector_image"].read().shape) for uid in _runs])
+client.context.close()
+"""
+"""After catalogue.md's client block: a run written through the server is found there, and
+the 0MQ session's frames are served from its readable directories."""
+
+
 @pytest.fixture(scope="module")
-def zmq_run(tmp_path_factory, configs_12):
+def zmq_run(tmp_path_factory, configs_12, configs_2):
     """docs/operating.md's four 0MQ commands as written: the proxy, the processor and the
-    monitor as servers, then the session publishing a projection; yields (directory, session
-    results, processor output, monitor output, their exit statuses after Ctrl-C)."""
-    require_free(5577, 5578)
+    monitor as servers, the session started with them and typed a projection once they
+    listen; at the same time, in the same directory, docs/catalogue.md's in-process block
+    (its client block follows once catalogue.md's server command serves this session's
+    ``talbot-lau-data``).  Yields what they printed and wrote."""
+    require_free(5577, 5578, 8000)
     proxy, processor, monitor, session = commands(block(OPERATING, "zmq-remote").text)
+    (serve,) = commands(block(CATALOGUE, "catalogue-server-command").text)
     cwd = tmp_path_factory.mktemp("zmq")
     env = doc_env(cwd, configs_12)
-    # the session starts with the servers (IPython waits for its lines, typed once they listen)
+    catalogue = start_python(block(CATALOGUE, "catalogue-in-process").text + CATALOGUE_INTERLUDE
+                             + block(CATALOGUE, "catalogue-client").text, cwd, doc_env(cwd, configs_2),
+                             epilogue=CATALOGUE_EPILOGUE)
     typing = subprocess.Popen(["bash", "-c", session], cwd=cwd, env=env, text=True, stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -489,69 +581,46 @@ def zmq_run(tmp_path_factory, configs_12):
             window.wait_for(r"monitoring documents from 127\.0\.0\.1:5578")
             time.sleep(1.0)  # 0MQ subscriptions reach the proxy after the connection
             out, err = typing.communicate(session_lines("doc-zmq"), timeout=240)
-            found = assert_session_ran(subprocess.CompletedProcess(typing.args, typing.returncode, out, err),
-                                       "session --publish")
-            derived = cwd / "derived" / f"derived_{found['uid'][:8]}.h5"
+            done = subprocess.CompletedProcess(typing.args, typing.returncode, out, err)
+            uid = results(out).get("uid", "none")
+            derived = cwd / "derived" / f"derived_{uid[:8]}.h5"
             deadline = time.monotonic() + 60
             while not derived.is_file() and time.monotonic() < deadline:
                 time.sleep(0.2)
             time.sleep(0.5)
             statuses = {"processor": worker.stop(), "monitor": window.stop(), "proxy": p.stop()}
+        with Server(serve, cwd, doc_env(cwd)) as server:
+            in_process = finish(catalogue, timeout=240)
+            server.wait_for(r"serving talbot-lau-data/catalogue at http://127\.0\.0\.1:8000")
     finally:
-        if typing.poll() is None:
-            typing.kill()
-            typing.wait()
-    yield {"cwd": cwd, "session": found, "derived": derived, "statuses": statuses,
-           "processor": worker.output, "monitor": window.output, "proxy": p.output}
+        for process in (typing, catalogue):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    yield {"cwd": cwd, "session": done, "derived": derived, "statuses": statuses, "processor": worker.output,
+           "monitor": window.output, "proxy": p.output, "catalogue": in_process, "server": server.output}
 
 
 def test_processor_monitor_and_proxy_over_zmq(zmq_run, configs_12):
     """The remote processor records the run and writes the derived images with the 12
     clusters as the truth; the session's own processor agrees; every server answered Ctrl-C."""
+    found = assert_session_ran(zmq_run["session"], "session --publish")
     assert zmq_run["derived"].is_file(), zmq_run["processor"][-3000:]
     remote = derived_clusters(zmq_run["derived"])
     assert_as_the_truth(configs_12, remote, TWELVE)
-    local = zmq_run["session"]["derived"]
-    assert sorted(r["texture"] for r in remote) == sorted(r["texture"] for r in local)
-    assert (zmq_run["cwd"] / "derived" / f"run_{zmq_run['session']['uid'][:8]}.nxs").is_file()
+    assert sorted(r["texture"] for r in remote) == sorted(r["texture"] for r in found["derived"])
+    assert (zmq_run["cwd"] / "derived" / f"run_{found['uid'][:8]}.nxs").is_file()
     for name in ("processor", "monitor", "proxy"):
         assert "Traceback" not in zmq_run[name], zmq_run[name][-3000:]
     assert zmq_run["statuses"] == {"processor": 0, "monitor": 0, "proxy": 0}, zmq_run
 
 
-def test_the_catalogue_in_process_and_behind_a_tiled_server(zmq_run, configs_2):
-    """docs/catalogue.md: the in-process block, then its server command on the 0MQ test's
-    ``talbot-lau-data`` and its client block in the same interpreter (which the in-process
-    block's ``engine`` and ``instrument`` carry on); the frames, G2 positions and derived
-    runs come back, and runs are written and found through the server."""
-    require_free(8000)
-    cwd = zmq_run["cwd"]
-    (serve,) = commands(block(CATALOGUE, "catalogue-server-command").text)
-    interlude = REPORT + (
-        "report(frames=list(frames.shape), dtype=str(frames.dtype), g2_um=[float(v) for v in g2_um])\n"
-        "import time as _time\n"
-        "from acquisition.catalogue import connect_catalogue as _connect\n"
-        "for _ in range(300):  # the server below started with this script: wait until it answers\n"
-        "    try:\n"
-        "        _connect('http://127.0.0.1:8000', api_key_file='talbot-lau-data/catalogue/api_key').context.close()\n"
-        "        break\n"
-        "    except Exception:\n"
-        "        _time.sleep(0.2)\n"
-        "_reopened = open_catalogue('runs/')\n"
-        "_derived = find_runs(_reopened, 'S-17', derived=True)\n"
-        "report(derived=len(_derived), textures=sorted(str(t) for uid in _derived "
-        "for t in _derived[uid]['clusters']['texture'].read()))\n"
-        "_reopened.context.close()\n")
-    epilogue = REPORT + (
-        "engine(darkfield_projection(instrument, steps=3, dark_frames=1, exposure_s=1.0, sample={'id': 'S-17'}))\n"
-        "report(through_server=len(find_runs(client, 'S-17')))\n"
-        "_runs = find_runs(client, 'doc-zmq')\n"
-        "report(served_frames=[list(_runs[uid]['primary']['detector_image'].read().shape) for uid in _runs])\n"
-        "client.context.close()\n")
-    source = block(CATALOGUE, "catalogue-in-process").text + interlude + block(CATALOGUE, "catalogue-client").text
-    with Server(serve, cwd, doc_env(cwd)) as server:
-        done = run_python(source, cwd, doc_env(cwd, configs_2), epilogue=epilogue, timeout=240)
-        server.wait_for(r"serving talbot-lau-data/catalogue at http://127\.0\.0\.1:8000")
+def test_the_catalogue_in_process_and_behind_a_tiled_server(zmq_run):
+    """docs/catalogue.md: the in-process block; then its server command on the 0MQ session's
+    ``talbot-lau-data`` and its client block in the same interpreter (the in-process block's
+    ``engine`` and ``instrument`` carry on): the frames, G2 positions and derived runs come
+    back, runs are written and found through the server, and its frames are served."""
+    done = zmq_run["catalogue"]
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     found = results(done.stdout)
     steps = 9  # the embedded scan
@@ -560,6 +629,8 @@ def test_the_catalogue_in_process_and_behind_a_tiled_server(zmq_run, configs_2):
     assert found["derived"] == 1 and found["textures"] == ["fine", "pleomorphic"]
     assert found["through_server"] == 1
     assert found["served_frames"] == [[5, *REGION_12[2:]]]
+    key = (zmq_run["cwd"] / "talbot-lau-data/catalogue/api_key").read_text().strip()
+    assert key not in zmq_run["server"]
 
 
 def test_the_tiled_command_by_hand_is_the_one_the_package_builds():
@@ -578,7 +649,7 @@ def test_the_tiled_command_by_hand_is_the_one_the_package_builds():
 
 # --- hardware.md --------------------------------------------------------------------------------------
 
-def test_epics_instrument_against_the_twins(tmp_path, configs_12, tl_ioc):
+def test_epics_instrument_against_the_twins(tmp_path, configs_12, tl_iocs):
     """hardware.md's three instruments: the lab's (the config's prefix TL:, served here by
     the IOC twins), the same classes at an explicit prefix, and the in-process twins."""
     epilogue = REPORT + (
@@ -586,7 +657,7 @@ def test_epics_instrument_against_the_twins(tmp_path, configs_12, tl_ioc):
         "       sim=[type(d).__name__ for d in in_process.devices],\n"
         "       connected=all(d.connected for d in lab.devices + twin_over_ca.devices),\n"
         "       kv=twin_over_ca.tube.kv.get(), prefix=lab.tube.prefix)\n")
-    done = run_python(block(HARDWARE, "epics-instrument").text, tmp_path, doc_env(tmp_path, configs_12, **tl_ioc),
+    done = run_python(block(HARDWARE, "epics-instrument").text, tmp_path, doc_env(tmp_path, configs_12, **tl_iocs[0]),
                       epilogue=epilogue, timeout=120)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     found = results(done.stdout)
@@ -647,7 +718,7 @@ def test_the_reconstruction_api_is_as_documented():
     text = block(RECONSTRUCTION, "reconstruction-api").text
     imports = text.split("\n\n")[0]
     namespace = {}
-    exec(imports, namespace)  # as written
+    exec(imports, namespace)  # noqa: S102  the block's import, as written
     documented = _documented_signatures(text)
     assert {name for name, _, _ in documented} == {"fit_stepping", "retrieve", "classify_microtexture",
                                                    "segment_clusters", "normalise_to_surroundings",
