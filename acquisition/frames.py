@@ -37,6 +37,7 @@ import weakref
 from dataclasses import dataclass
 
 import h5py
+import hdf5plugin  # noqa: F401  registers bitshuffle/LZ4 with h5py, so bslz4 frame files read in any process
 import numpy as np
 
 

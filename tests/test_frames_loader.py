@@ -58,3 +58,22 @@ def test_broken_files_are_named(tmp_path):
         HDF5FrameHandler(str(other))
     with pytest.raises(FrameReadError, match="other.h5: no derived image 'dark_field'"):
         DerivedImageHandler(str(other))("dark_field")
+
+
+def test_bitshuffle_lz4_files_read_in_a_fresh_process(tmp_path):
+    """A bslz4 frame file (the detector's Compression choice) reads with nothing but the
+    loader imported: h5py alone does not know filter 32008."""
+    import subprocess
+    import sys
+
+    from simulators.frame_file import append_frame, close_frame_file, create_frame_file
+
+    path = tmp_path / "bslz4.h5"
+    file, dataset = create_frame_file(str(path), (4, 5), compression="bslz4")
+    append_frame(dataset, np.arange(20, dtype=np.uint16).reshape(4, 5))
+    close_frame_file(file)
+    read = ("from acquisition.frames import HDF5FrameHandler\n"
+            f"h = HDF5FrameHandler({str(path)!r}); print(int(h(0).sum())); h.close()")
+    result = subprocess.run([sys.executable, "-c", read], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(sum(range(20)))
