@@ -84,6 +84,19 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="talbot-lau-demo", help="output directory (default: %(default)s)")
     demo.add_argument("--config", help="instrument YAML (default: the embedded configs/instrument.yaml)")
     demo.add_argument("--simulation", help="simulation YAML (default: the embedded configs/simulation.yaml)")
+    study = command("study", help="accuracy of the mu/eps classification against dose (simulated cohorts)")
+    study.add_argument("--doses", default="72,36,18,9,4.5,2.5",
+                       help="mean glandular doses in mGy, comma-separated (default: %(default)s)")
+    study.add_argument("--tissue", default="breast45,paraffin10",
+                       help="specimens, comma-separated, e.g. breast45, paraffin10 (default: %(default)s)")
+    study.add_argument("--clusters", type=int, default=40, help="clusters per specimen (default: %(default)s)")
+    study.add_argument("--out", default="talbot-lau-study", help="output directory (default: %(default)s)")
+    study.add_argument("--seed", type=int, default=1, help="seed of specimens and noise (default: %(default)s)")
+    study.add_argument("--workers", type=int, help="processes (default: the cores)")
+    study.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run the tasks on this dask.distributed scheduler (e.g. tcp://10.0.0.5:8786)")
+    study.add_argument("--config", help="instrument YAML (default: the embedded configs/instrument.yaml)")
+    study.add_argument("--simulation", help="simulation YAML (default: the embedded configs/simulation.yaml)")
     session = command("session", help="IPython with the RunEngine, devices, plans and processing")
     which = session.add_mutually_exclusive_group()
     which.add_argument("--sim", action="store_true", help="the in-process simulated twins")
@@ -161,6 +174,8 @@ def _run(args) -> int:
         return _session(args, config)
     if args.command == "ioc":
         return _serve_ioc(args, config)
+    if args.command == "study":
+        return _study(args, config)
     if args.command == "demo":
         from .demo import run_demo
 
@@ -170,6 +185,21 @@ def _run(args) -> int:
             raise CommandFailed() from err
         return 0 if rows else EXIT_FAILED
     return EXIT_USAGE
+
+
+def _study(args, config) -> int:
+    """``talbot-lau study``: arguments checked first (a wrong one exits 2, naming it)."""
+    from .study import check_arguments, run_study
+
+    check_arguments(args.doses, args.tissue, args.clusters, args.seed, args.workers, config)
+    try:
+        report = run_study(args.out, doses=args.doses, tissues=args.tissue, clusters=args.clusters,
+                           seed=args.seed, workers=args.workers, scheduler=args.scheduler, config=config)
+    except Exception as err:
+        raise CommandFailed() from err
+    print(Path(args.out, "report.md").read_text().split("\n## ")[0])
+    print(f"report.json, report.md and plots in {args.out} ({report['wall_seconds']:.0f} s)")
+    return 0
 
 
 def _proxy(args) -> int:
@@ -295,7 +325,7 @@ def _remote(args) -> int:
 
     address = parse_address(args.zmq)
     if args.command == "processor":
-        from .demo import DerivedCollector
+        from .derived_collector import DerivedCollector
 
         publish = DerivedCollector()
         if args.publish:

@@ -98,16 +98,24 @@ class ScanConfig:
     dark_frames: int = 5
     max_frame_s: float = 4.5
     """Longest single panel frame (s); a longer exposure is a sum of equal frames."""
+    reference_max_age_h: float = 2.0
+    """Oldest stored reference fit a projection may use (h); the fringe drifts with
+    temperature, so an older one is refused (``acquisition.reference_fit``)."""
 
 
 @dataclass(frozen=True)
 class DoseConfig:
-    """Mean glandular dose model (paper, Methods): rate at reference settings, and budget."""
+    """What a lab measures at the sample at the reference tube settings, and the budget
+    (Scherer et al. 2016, Methods "Dose"): incident air kerma rate (mGy/s, behind G0), first
+    half-value layer (mm Al), the reference breast (compressed thickness mm, glandularity)."""
 
-    mgd_rate_mgy_per_s: float = 0.89
+    air_kerma_mgy_per_s: float = 2.1
+    hvl_mm_al: float = 0.8
     reference_kv: float = 40.0
     reference_ma: float = 70.0
     reference_thickness_mm: float = 45.0
+    glandularity: float = 0.5
+    """Only 0.5: the g-factors are for 50 % glandularity (Dance's c-factor is 1 there)."""
     budget_mgy: float = 200.0
 
 
@@ -117,6 +125,17 @@ class EpicsConfig:
 
     prefix: str = "TL:"
     write_path: str = "/data/talbot-lau"
+
+
+@dataclass(frozen=True)
+class ProcessingConfig:
+    """How the processor classifies: the tissue calibration file it applies (None: none).
+
+    A relative path is looked up next to the instrument file, then among the embedded
+    configs/; after loading it is the absolute path of a file that was read and checked
+    (``acquisition.tissue_calibration_file``)."""
+
+    tissue_calibration: str | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +152,7 @@ class InstrumentConfig:
     scan: ScanConfig = field(default_factory=ScanConfig)
     dose: DoseConfig = field(default_factory=DoseConfig)
     epics: EpicsConfig = field(default_factory=EpicsConfig)
+    processing: ProcessingConfig = field(default_factory=ProcessingConfig)
 
 
 @dataclass(frozen=True)
@@ -194,6 +214,7 @@ def load_config(
         interferometer=sim.interferometer,
     )
     _check_instrument(inst, inst_where)
+    inst = _resolve_processing(inst, instrument_path, inst_where)
     _check_simulation(sim, setup, sim_where, inst_where)
     _check_reference_field(inst, setup, inst_where)
     _check_spectrum(inst, setup, inst_where)
@@ -396,6 +417,7 @@ INSTRUMENT_RANGES = {
     "gratings.g2_substrate_um": ("(0, 10000]", "um"),
     "source.anode_angle_deg": ("(0, 90)", "deg"),
     "source.focal_spot_mm": ("(0, 10]", "mm"),
+    "source.output_factor": ("(0, 100]", "(tube output / spekpy model)"),
     "tube.kv_max": (f"[{SPECTRUM_KV[0]:g}, 500]", "kV"),
     "tube.ma_max": ("(0, 1000]", "mA"),
     "g2.settle_s": ("[0, 10]", "s"),
@@ -404,10 +426,13 @@ INSTRUMENT_RANGES = {
     "scan.max_exposure_s": ("(0, 3600]", "s"),
     "scan.dark_frames": ("[0, 100]", ""),
     "scan.max_frame_s": ("(0, 60]", "s"),
-    "dose.mgd_rate_mgy_per_s": ("(0, 100]", "mGy/s"),
+    "scan.reference_max_age_h": ("(0, 720]", "h"),
+    "dose.air_kerma_mgy_per_s": ("(0, 100]", "mGy/s"),
+    "dose.hvl_mm_al": ("[0.1, 5]", "mm Al"),
     "dose.reference_kv": ("[10, 150]", "kV"),
     "dose.reference_ma": ("(0, 1000]", "mA"),
     "dose.reference_thickness_mm": ("[1, 150]", "mm"),
+    "dose.glandularity": ("[0.5, 0.5]", "(50 %: the g-factors' glandularity; no c-factors here)"),
     "dose.budget_mgy": ("(0, 10000]", "mGy"),
 }
 
@@ -445,6 +470,13 @@ SIMULATION_RANGES = {
     "phantom.slab.height_mm": ("(0, 1000]", "mm"),
     "phantom.slab.dark_field_per_mm": ("[0, 10]", "1/mm"),
     "phantom.slab.edge_mm": ("[0, 100]", "mm"),
+    "phantom.slab.glandular_sd": ("[0, 1]", ""),
+    "phantom.slab.texture_beta": ("[0, 6]", ""),
+    "phantom.slab.fibres_per_cm2": ("[0, 5]", "1/cm2"),
+    "phantom.slab.ducts_per_cm2": ("[0, 1]", "1/cm2"),
+    "phantom.slab.strand_dark_field_per_mm": ("[0, 10]", "1/mm"),
+    "phantom.slab.texture_seed": (f"[0, {SEED_MAX}]", ""),
+    "phantom.type_i_fraction": ("[0, 1]", ""),
     "phantom.clusters_per_class": ("[0, 10]", ""),
     "phantom.spacing_mm": ("(0, 1000]", "mm"),
     "phantom.seed": (f"[0, {SEED_MAX}]", ""),
@@ -509,6 +541,28 @@ def _check_instrument(inst: InstrumentConfig, where: str) -> None:
     _require(bool(epics.write_path.strip()), where, "epics.write_path", "must not be empty")
 
 
+def _resolve_processing(inst: InstrumentConfig, path: Path, where: str) -> InstrumentConfig:
+    """The tissue calibration file found (next to the file, then embedded), read and checked."""
+    name = inst.processing.tissue_calibration
+    if name is None:
+        return inst
+    from .tissue_calibration_file import CalibrationFileError, read_tissue_calibration
+
+    _require(bool(name.strip()), where, "processing.tissue_calibration",
+             "must name a calibration file, or be null for none")
+    given = Path(name).expanduser()
+    candidates = [given] if given.is_absolute() else [path.parent / given, default_config_dir() / given]
+    found = next((c for c in candidates if c.is_file()), None)
+    _require(found is not None, where, "processing.tissue_calibration",
+             f"no such file {name!r} (looked in {', '.join(str(c.parent) for c in candidates)})")
+    try:
+        read_tissue_calibration(found)
+    except CalibrationFileError as err:
+        raise ConfigError(f"{where}: processing.tissue_calibration: {err}") from None
+    processing = dataclasses.replace(inst.processing, tissue_calibration=str(found.resolve()))
+    return dataclasses.replace(inst, processing=processing)
+
+
 SPECTRUM_TARGETS = ("Mo", "Rh", "W", "Cr", "Cu", "Ag", "Au")
 """Anodes of spekpy's model."""
 
@@ -557,6 +611,12 @@ def _check_simulation(sim: SimulationConfig, setup: Setup, where: str, inst_wher
     half = min(phantom.slab.width_mm, phantom.slab.height_mm) / 2
     _require(phantom.slab.edge_mm <= half, where, "phantom.slab.edge_mm",
              f"{phantom.slab.edge_mm:g} mm is more than half the slab ({half:g} mm)")
+    for i, step in enumerate(phantom.slab.steps_mm):
+        _in_range(step, "(0, 150]", where, f"phantom.slab.steps_mm[{i}]", "mm")
+    if phantom.slab.embedding == "paraffin":
+        for name in ("glandular_sd", "fibres_per_cm2", "ducts_per_cm2"):
+            _require(getattr(phantom.slab, name) == 0, where, f"phantom.slab.{name}",
+                     "the breast texture is for native tissue (embedding: native); give 0 for paraffin")
 
 
 def sample_field_mm(setup: Setup) -> tuple[float, float]:

@@ -10,7 +10,10 @@
         labels: NXdata   data: int32 cluster labels (0 = no cluster)
         clusters: NXcollection   one 1-D field per column, one row per cluster: label,
             centroid_row, centroid_col (pixel), n_pixels, ratio (mu/eps), variance,
-            texture, borderline, suspicious
+            texture, borderline, suspicious, tissue_factor (c(Ts) applied to the ratio),
+            uncorrected_ratio (as measured), Ts, Vs (surrounding tissue, eq. 2)
+        tissue_calibration: NXcollection   id, version, sha256 of the tissue calibration
+            applied ("none", -1, "" if none; acquisition.tissue_calibration_file)
         cluster_pixels: NXcollection
             <label>: NXcollection   mu, eps (the cluster's tissue-normalised pixels)
         raw -> run_<uid8>.nxs:/entry/data   (ExternalLink to the run record's raw frames)
@@ -39,7 +42,8 @@ LONG_NAMES = {"transmission": "transmission T", "dark_field": "dark-field V (vis
               "scattering": "scattering eps = -ln V"}
 CLUSTER_COLUMNS = {"label": "i4", "centroid_row": "f8", "centroid_col": "f8", "n_pixels": "i4",
                    "ratio": "f8", "variance": "f8", "texture": h5py.string_dtype(),
-                   "borderline": "?", "suspicious": "?"}
+                   "borderline": "?", "suspicious": "?", "tissue_factor": "f8",
+                   "uncorrected_ratio": "f8", "Ts": "f8", "Vs": "f8"}
 
 
 def derived_name(uid: str, tile: int | None = None) -> str:
@@ -53,9 +57,11 @@ def derived_glob(uid: str) -> str:
 
 
 def write_derived(path: Path, retrieval, labels: np.ndarray, clusters: list, parent_uid: str,
-                  run_record: str | Path | None = None) -> Path:
+                  run_record: str | Path | None = None, tissue_calibration: dict | None = None) -> Path:
     """Write the retrieved images, the cluster labels and the cluster table to ``path``;
-    the raw frames of ``run_record`` (the run's ``run_<uid8>.nxs``) are linked as ``/entry/raw``."""
+    the raw frames of ``run_record`` (the run's ``run_<uid8>.nxs``) are linked as ``/entry/raw``.
+    ``tissue_calibration``: the record (id, version, sha256) of the calibration applied to
+    the clusters' ratios (None: none)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as f:
         f.attrs["parent_uid"] = parent_uid
@@ -69,12 +75,19 @@ def write_derived(path: Path, retrieval, labels: np.ndarray, clusters: list, par
         nx_image(entry, "labels", labels.astype(np.int32), long_name="cluster label")
         table = nx_group(entry, "clusters", "NXcollection")
         rows = [(c.label, c.centroid_px[0], c.centroid_px[1], c.n_pixels, c.ratio, c.variance,
-                 c.texture, c.borderline, c.suspicious) for c in clusters]
+                 c.texture, c.borderline, c.suspicious, c.tissue_factor, c.uncorrected_ratio,
+                 c.Ts, c.Vs)
+                for c in clusters]
         columns = list(zip(*rows)) if rows else [()] * len(CLUSTER_COLUMNS)
         for (name, dtype), column in zip(CLUSTER_COLUMNS.items(), columns):
             table.create_dataset(name, data=np.array(column, dtype=dtype), dtype=dtype)
         for name in ("centroid_row", "centroid_col"):
             table[name].attrs["units"] = "pixel"
+        record = tissue_calibration or {"id": "none"}
+        calibration = nx_group(entry, "tissue_calibration", "NXcollection")
+        nx_field(calibration, "id", str(record.get("id") or "none"))
+        nx_field(calibration, "version", -1 if record.get("version") is None else int(record["version"]))
+        nx_field(calibration, "sha256", str(record.get("sha256") or ""))
         pixels = nx_group(entry, "cluster_pixels", "NXcollection")
         for c in clusters:  # the tissue-normalised pixels of each cluster, for scatter plots
             group = nx_group(pixels, str(int(c.label)), "NXcollection")

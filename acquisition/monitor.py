@@ -224,7 +224,7 @@ class MonitorWindow(QtWidgets.QWidget):
         run = self._run(start["uid"])
         stepping = start.get("phase_stepping")
         if stepping:
-            run.sets = SetAssembler(stepping["positions_um"], stepping["dark_frames"], stepping["streams"])
+            run.sets = SetAssembler.from_start(stepping)
             tiles = (start.get("mosaic") or {}).get("tiles")
             run.mosaic = bool(tiles)
             run.planned = len(tiles) + 1 if tiles else 1

@@ -47,6 +47,7 @@ from .projection import (
     shutter_open,
 )
 from .run_record import record_name
+from .tissue_calibration_file import calibration_record, embedded_calibration
 
 log = logging.getLogger(__name__)
 
@@ -254,18 +255,24 @@ class DarkFieldRouter(event_model.RunRouter):
 
 
 def darkfield_router(out_dir: str | Path | None = None, publish: Publish | None = None, *,
-                     background: bool = True) -> DarkFieldRouter:
+                     background: bool = True, calibration="configured") -> DarkFieldRouter:
     """A RunRouter that processes every phase-stepping run; subscribe it to a RunEngine.
 
     With ``background`` the frame reading, retrieval and classification run in a worker
-    thread, so the RunEngine never waits for them; ``router.wait()`` waits for the results."""
+    thread, so the RunEngine never waits for them; ``router.wait()`` waits for the results.
+    ``calibration``: the tissue calibration applied to every cluster's ratio
+    (``acquisition.tissue_calibration_file``; "configured": the embedded configuration's,
+    ``configured_calibration(config)`` for another configuration; None: none)."""
     out = Path(out_dir) if out_dir else Path(tempfile.gettempdir()) / "talbot-lau-derived"
+    if isinstance(calibration, str) and calibration == "configured":
+        calibration = embedded_calibration()
     router = None
 
     def factory(name, start_doc):
         if "phase_stepping" not in start_doc:
             return [], []
-        return [ProjectionProcessor(out, publish or (lambda name, doc: None), router.submit)], []
+        return [ProjectionProcessor(out, publish or (lambda name, doc: None), router.submit,
+                                    calibration=calibration)], []
 
     router = DarkFieldRouter([factory], Worker("darkfield") if background else None)
     return router
@@ -275,9 +282,11 @@ class ProjectionProcessor(event_model.DocumentRouter):
     """Collects one projection's frame references by set and has each complete set
     processed by ``submit`` (the worker)."""
 
-    def __init__(self, out_dir: Path, publish: Publish, submit=lambda job: job()):
+    def __init__(self, out_dir: Path, publish: Publish, submit=lambda job: job(), *, calibration=None):
         super().__init__()
         self.out_dir = out_dir
+        self.calibration = calibration  # a TissueCalibration, or None
+        self.correction = None if calibration is None else calibration.correction
         self._publish = publish
         self.submit = submit
         self.failure: str | None = None  # the first error while taking notes
@@ -312,7 +321,7 @@ class ProjectionProcessor(event_model.DocumentRouter):
         self.image_key: str | None = None
         self.g2_key = doc.get("motors", ["g2"])[0]
         self.mosaic = doc.get("mosaic")
-        self.sets = SetAssembler(stepping["positions_um"], stepping["dark_frames"], self.streams)
+        self.sets = SetAssembler.from_start(stepping)
         self.retrievals: dict[int, object] = {}  # mosaic tile -> Retrieval, for the stitch
         self.published = 0  # derived runs handed to the worker
 
@@ -357,9 +366,15 @@ class ProjectionProcessor(event_model.DocumentRouter):
             self.submit(functools.partial(self._tile_and_publish, tile, frames))
 
     def _metadata(self, plan_name: str) -> dict:
+        stepping = self.start_doc["phase_stepping"]
         return {"parent_uid": self.parent_uid, "plan_name": plan_name,
                 "sample": self.start_doc.get("sample", {}),
-                "detector_pixel": self.start_doc.get("detector_pixel", {})}
+                "detector_pixel": self.start_doc.get("detector_pixel", {}),
+                "tissue_calibration": calibration_record(self.calibration),
+                # the low-dose protocol: exposures (s) and the stored reference fit used, if any
+                "exposure_s": stepping.get("exposure_s"),
+                "reference_exposure_s": stepping.get("reference_exposure_s", stepping.get("exposure_s")),
+                **({"reference_fit": stepping["reference_fit"]} if stepping.get("reference_fit") else {})}
 
     def _tile_and_publish(self, tile: int, frames: ProjectionFrames) -> None:
         metadata = self._metadata("darkfield_retrieval")
@@ -369,7 +384,7 @@ class ProjectionProcessor(event_model.DocumentRouter):
         def analyse():
             with FrameLoader() as loader:  # the frames are read here, in the worker
                 loaded = frames.load(loader)
-            analysis = analyse_projection(loaded, self.period_um)
+            analysis = analyse_projection(loaded, self.period_um, self.correction)
             if self.mosaic:
                 self.retrievals[tile] = analysis.retrieval
             return analysis, derived_name(self.parent_uid, tile if self.mosaic else None)
@@ -384,7 +399,7 @@ class ProjectionProcessor(event_model.DocumentRouter):
         metadata["tiles"] = sorted(self.retrievals)
         self._derived_run(metadata, lambda: (
             analyse_mosaic(self.retrievals, self.mosaic,
-                           self.start_doc["detector_pixel"]["sample_pixel_mm"]),
+                           self.start_doc["detector_pixel"]["sample_pixel_mm"], self.correction),
             derived_name(self.parent_uid)))
 
     def _derived_run(self, metadata: dict, analyse) -> None:
@@ -396,7 +411,8 @@ class ProjectionProcessor(event_model.DocumentRouter):
             path = self.out_dir / name
             try:
                 write_derived(path, analysis.retrieval, analysis.labels, analysis.clusters,
-                              self.parent_uid, run_record=self.out_dir / record_name(self.parent_uid))
+                              self.parent_uid, run_record=self.out_dir / record_name(self.parent_uid),
+                              tissue_calibration=calibration_record(self.calibration))
             except Exception:
                 with contextlib.suppress(OSError):  # no empty or truncated derived file left
                     path.unlink(missing_ok=True)
@@ -431,7 +447,8 @@ class ProjectionProcessor(event_model.DocumentRouter):
     def _publish_clusters(self, run, clusters) -> None:
         keys = {"label": "integer", "centroid_row": "number", "centroid_col": "number",
                 "n_pixels": "integer", "ratio": "number", "variance": "number",
-                "texture": "string", "borderline": "boolean", "suspicious": "boolean"}
+                "texture": "string", "borderline": "boolean", "suspicious": "boolean",
+                "tissue_factor": "number", "uncorrected_ratio": "number", "Ts": "number"}
         table = run.compose_descriptor(name="clusters", data_keys={
             key: {"source": "derived:clusters", "dtype": dtype, "shape": []}
             for key, dtype in keys.items()})
@@ -440,7 +457,9 @@ class ProjectionProcessor(event_model.DocumentRouter):
             row = {"label": int(c.label), "centroid_row": float(c.centroid_px[0]),
                    "centroid_col": float(c.centroid_px[1]), "n_pixels": int(c.n_pixels),
                    "ratio": float(c.ratio), "variance": float(c.variance), "texture": c.texture,
-                   "borderline": bool(c.borderline), "suspicious": bool(c.suspicious)}
+                   "borderline": bool(c.borderline), "suspicious": bool(c.suspicious),
+                   "tissue_factor": float(c.tissue_factor),
+                   "uncorrected_ratio": float(c.uncorrected_ratio), "Ts": float(c.Ts)}
             self.publish("event", table.compose_event(
                 data=row, timestamps={key: table.descriptor_doc["time"] for key in row}))
 

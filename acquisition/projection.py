@@ -28,9 +28,13 @@ import numpy as np
 from reconstruction import (
     ClusterAnalysis,
     Retrieval,
+    SteppingFit,
     Tile,
+    TissueCorrection,
     analyse_clusters,
     calcified_mask,
+    correct_clusters,
+    fit_stepping,
     label_clusters,
     retrieve,
     stitch,
@@ -69,9 +73,18 @@ class ProjectionFrames:
     """The frames of one projection: darks, and (G2 position um, frame) per stepping set.
 
     A frame is an array or a FrameRef (see :meth:`load`).  ``shutter`` holds each frame's
-    shutter reading, keyed ``("dark", index)``, ``("reference", step)``, ``("sample", step)``
-    (True open, False closed, None unknown); ``origin`` names the file and point a frame was
-    read from, for messages."""
+    shutter reading, keyed ``("dark", index)``, ``("reference_dark", index)``,
+    ``("reference", step)``, ``("sample", step)`` (True open, False closed, None unknown);
+    ``origin`` names the file and point a frame was read from, for messages.
+
+    Low-dose protocol: ``exposure_s`` and ``reference_exposure_s`` are the sample's and the
+    reference's exposure per step (s; None: equal).  ``darks`` are at the sample's exposure,
+    ``reference_darks`` at the reference's (empty: ``darks`` serve both).
+    ``reference_fit`` replaces the reference frames: a dark-subtracted
+    :class:`SteppingFit` at ``reference_exposure_s``, or the path of a stored fit
+    (``acquisition.reference_fit``, read by :meth:`load`).  ``noise_gain`` (variance per
+    ADU of signal) and ``read_noise`` (ADU rms) of the panel, if known, are handed to
+    :func:`reconstruction.retrieve`: its Rice amplitudes remove the low-count bias of V."""
 
     darks: list[Any]
     reference: dict[int, tuple[float, Any]]
@@ -79,6 +92,19 @@ class ProjectionFrames:
     tile: int = 0
     shutter: dict[tuple[str, int], bool | None] = field(default_factory=dict)
     origin: dict[tuple[str, int], str] = field(default_factory=dict)
+    reference_darks: list[Any] = field(default_factory=list)
+    exposure_s: float | None = None
+    reference_exposure_s: float | None = None
+    reference_fit: Any = None
+    noise_gain: float | None = None
+    read_noise: float = 0.0
+
+    @property
+    def reference_scale(self) -> float:
+        """Sample over reference exposure: the factor on the reference's a0 and a1."""
+        if self.exposure_s is None or self.reference_exposure_s is None:
+            return 1.0
+        return float(self.exposure_s) / float(self.reference_exposure_s)
 
     @staticmethod
     def stack(frames: dict[int, tuple[float, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
@@ -96,15 +122,23 @@ class ProjectionFrames:
             return loader(frame)
 
         darks = [read(("dark", i), frame) for i, frame in enumerate(self.darks)]
+        reference_darks = [read(("reference_dark", i), f) for i, f in enumerate(self.reference_darks)]
         reference = {k: (x, read(("reference", k), f)) for k, (x, f) in self.reference.items()}
         sample = {k: (x, read(("sample", k), f)) for k, (x, f) in self.sample.items()}
-        return ProjectionFrames(darks, reference, sample, self.tile, dict(self.shutter), origin)
+        fit = self.reference_fit
+        if fit is not None and not isinstance(fit, SteppingFit):
+            from .reference_fit import read_reference_fit
+            fit = read_reference_fit(fit).fit
+        return ProjectionFrames(darks, reference, sample, self.tile, dict(self.shutter), origin,
+                                reference_darks, self.exposure_s, self.reference_exposure_s, fit,
+                                self.noise_gain, self.read_noise)
 
     def describe(self, kind: str, key: int) -> str:
         """E.g. ``reference set of tile 0, step 3 of 9 (G2 1.067 um, /raw/x.h5 point 7)``."""
         origin = self.origin.get((kind, key))
-        if kind == "dark":
-            text = f"dark frame {key + 1} of {len(self.darks)}"
+        if kind in ("dark", "reference_dark"):
+            darks = self.darks if kind == "dark" else self.reference_darks
+            text = f"{kind.replace('_', ' ')} frame {key + 1} of {len(darks)}"
             return f"{text} ({origin})" if origin else text
         frames = self.reference if kind == "reference" else self.sample
         details = [f"G2 {frames[key][0]:.3f} um"] + ([origin] if origin else [])
@@ -115,19 +149,16 @@ def check_beam(frames: ProjectionFrames) -> None:
     """Raise :class:`NoBeamError` if a reference or sample frame did not see the beam or a
     dark frame did (the rules of the module docstring); frames must be loaded."""
     for (kind, key), is_open in sorted(frames.shutter.items()):
-        if kind == "dark" and is_open is True:
+        if kind in ("dark", "reference_dark") and is_open is True:
             raise NoBeamError(f"{frames.describe(kind, key)}: taken with the shutter open")
-        if kind != "dark" and is_open is False:
+        if kind not in ("dark", "reference_dark") and is_open is False:
             raise NoBeamError(f"no beam in the {frames.describe(kind, key)}: its event says the "
                               "shutter was closed")
-    if frames.darks:
-        darks = np.asarray(frames.darks, np.float64)
-        dark_level = float(darks.mean())
-        first = darks.reshape(len(darks), -1)[0]
-        noise = 1.4826 * float(np.median(np.abs(first - np.median(first))))
-    else:
-        dark_level, noise = 0.0, None
-    for kind, stepping in (("reference", frames.reference), ("sample", frames.sample)):
+    for kind, stepping, dark_frames in (("reference", frames.reference, frames.reference_darks or frames.darks),
+                                        ("sample", frames.sample, frames.darks)):
+        if kind == "reference" and not stepping and frames.reference_fit is not None:
+            continue  # a stored reference fit: no reference frames
+        dark_level, noise = _dark_statistics(dark_frames)
         steps = sorted(stepping)
         excess = np.array([float(np.mean(stepping[k][1], dtype=np.float64)) - dark_level for k in steps])
         level = float(np.median(excess))
@@ -145,6 +176,15 @@ def check_beam(frames: ProjectionFrames) -> None:
                     f"open-beam level {level:.1f} ADU (needs {100 * BEAM_FRACTION:g} %)")
 
 
+def _dark_statistics(darks) -> tuple[float, float | None]:
+    """(mean level, pixel noise of the first frame) of dark frames (ADU); (0, None) if none."""
+    if not darks:
+        return 0.0, None
+    darks = np.asarray(darks, np.float64)
+    first = darks.reshape(len(darks), -1)[0]
+    return float(darks.mean()), 1.4826 * float(np.median(np.abs(first - np.median(first))))
+
+
 class SetAssembler:
     """Sorts frames into dark, reference and sample sets as they come (live or from a
     record) and hands out each tile's complete set with the latest reference.
@@ -154,23 +194,42 @@ class SetAssembler:
     ignored.  A projection is a mosaic of one tile (tile 0).  A set with a frame whose
     shutter reading says closed is held back, as a resumed plan repeats it; :meth:`finish`
     (at the end of the run) hands out what is still held, for :func:`check_beam` to refuse.
+    ``exposure_s``, ``reference_exposure_s`` and ``reference_fit`` are handed on with every
+    set (see :class:`ProjectionFrames`); with ``reference_fit`` no reference set is awaited.
     """
 
-    def __init__(self, positions_um, dark_frames: int, streams: dict):
+    def __init__(self, positions_um, dark_frames: int, streams: dict, *, exposure_s=None,
+                 reference_exposure_s=None, reference_fit=None):
         self.positions_um = np.asarray(positions_um, float)
         self.steps = len(self.positions_um)
         self.dark_frames = dark_frames
         self.streams = streams
+        self.exposure_s = exposure_s
+        self.reference_exposure_s = reference_exposure_s
+        self.reference_fit = reference_fit
         self.darks: list[tuple[Any, bool | None]] = []
+        self.reference_darks: list[tuple[Any, bool | None]] = []
         self.reference: dict[int, tuple[float, Any, bool | None]] = {}
         self.tiles: dict[int, dict[int, tuple[float, Any, bool | None]]] = {}
         self.done: set[int] = set()
+
+    @classmethod
+    def from_start(cls, stepping: dict) -> SetAssembler:
+        """The assembler of a run from its start document's ``phase_stepping``."""
+        stored = stepping.get("reference_fit")
+        return cls(stepping["positions_um"], stepping["dark_frames"], stepping["streams"],
+                   exposure_s=stepping.get("exposure_s"),
+                   reference_exposure_s=stepping.get("reference_exposure_s"),
+                   reference_fit=stored["path"] if stored else None)
 
     def add(self, stream: str, g2_um: float, frame, tile: int = 0, shutter: bool | None = None) -> list:
         """Add one frame (an array or a FrameRef) with its event's shutter reading; returns
         the (tile, ProjectionFrames) that became complete."""
         if stream == self.streams["dark"]:
             self.darks = (self.darks + [(frame, shutter)])[-max(self.dark_frames, 1):]
+            return []
+        if stream == self.streams.get("reference_dark"):
+            self.reference_darks = (self.reference_darks + [(frame, shutter)])[-max(self.dark_frames, 1):]
             return []
         if stream not in (self.streams["reference"], self.streams["sample"]):
             return []
@@ -186,7 +245,7 @@ class SetAssembler:
     def complete(self, *, held: bool = False) -> list:
         """Every complete tile not handed out yet, each with a snapshot of its frames (with
         ``held``, also those with a frame taken with the shutter closed)."""
-        if len(self.reference) != self.steps:
+        if len(self.reference) != self.steps and self.reference_fit is None:
             return []
         closed = any(s is False for _, _, s in self.reference.values())
         ready = []
@@ -197,11 +256,15 @@ class SetAssembler:
                 continue
             self.done.add(tile)
             shutter = {("dark", i): s for i, (_, s) in enumerate(self.darks)}
+            shutter.update({("reference_dark", i): s for i, (_, s) in enumerate(self.reference_darks)})
             shutter.update({("reference", k): s for k, (_, _, s) in self.reference.items()})
             shutter.update({("sample", k): s for k, (_, _, s) in frames.items()})
+            reference = {} if self.reference_fit is not None else self.reference
             ready.append((tile, ProjectionFrames(
-                [f for f, _ in self.darks], {k: (x, f) for k, (x, f, _) in self.reference.items()},
-                {k: (x, f) for k, (x, f, _) in frames.items()}, tile, shutter)))
+                [f for f, _ in self.darks], {k: (x, f) for k, (x, f, _) in reference.items()},
+                {k: (x, f) for k, (x, f, _) in frames.items()}, tile, shutter,
+                reference_darks=[f for f, _ in self.reference_darks], exposure_s=self.exposure_s,
+                reference_exposure_s=self.reference_exposure_s, reference_fit=self.reference_fit)))
         return ready
 
     def finish(self) -> list:
@@ -217,33 +280,68 @@ class ProjectionResult:
     clusters: list[ClusterAnalysis]
 
 
+def reference_fit(frames: ProjectionFrames, period_um: float) -> SteppingFit:
+    """The reference's stepping fit at its own exposure (ADU per ``reference_exposure_s``),
+    dark-subtracted with the darks of that exposure; saturated pixels NaN.  A stored fit
+    is returned as it is.  Frames must be loaded."""
+    if frames.reference_fit is not None:
+        if not isinstance(frames.reference_fit, SteppingFit):
+            raise TypeError("reference_fit is not loaded: call ProjectionFrames.load first")
+        return frames.reference_fit
+    x, stack = ProjectionFrames.stack(frames.reference)
+    fit = fit_stepping(stack, x, period_um)
+    darks = frames.reference_darks or frames.darks
+    a0 = fit.a0 - np.mean(darks, axis=0) if darks else fit.a0
+    if np.issubdtype(stack.dtype, np.unsignedinteger):
+        a0 = np.where(stack.max(axis=0) >= np.iinfo(stack.dtype).max, np.nan, a0)
+    return SteppingFit(a0=a0, a1=fit.a1, phi=fit.phi)
+
+
 def retrieve_projection(frames: ProjectionFrames, period_um: float) -> Retrieval:
     """T, V and dphi of one set, with the measured G2 positions and the mean dark, once
-    :func:`check_beam` accepts its frames (loaded arrays)."""
+    :func:`check_beam` accepts its frames (loaded arrays).
+
+    A reference at another exposure than the sample's, or a stored reference fit, is
+    fitted with the darks of its own exposure (:func:`reference_fit`) and its a0 and a1
+    are scaled by ``exposure_s / reference_exposure_s`` before the retrieval: the one
+    place, for the live processor and the offline reconstruction alike."""
     check_beam(frames)
     dark = np.mean(frames.darks, axis=0) if frames.darks else None
-    ref_x, ref = ProjectionFrames.stack(frames.reference)
     smp_x, smp = ProjectionFrames.stack(frames.sample)
-    return retrieve(smp, ref, dark, steps=smp_x, reference_steps=ref_x, period=period_um)
+    scale = frames.reference_scale
+    noise = {} if frames.noise_gain is None else {"noise_gain": frames.noise_gain,
+                                                  "read_noise": frames.read_noise}
+    if frames.reference_fit is None and scale == 1.0:
+        ref_x, ref = ProjectionFrames.stack(frames.reference)
+        return retrieve(smp, ref, dark, steps=smp_x, reference_steps=ref_x, period=period_um, **noise)
+    fit = reference_fit(frames, period_um)
+    scaled = SteppingFit(a0=np.asarray(fit.a0) * scale, a1=np.asarray(fit.a1) * scale, phi=fit.phi)
+    return retrieve(smp, scaled, dark, steps=smp_x, period=period_um, **noise)
 
 
-def classify_image(result) -> ProjectionResult:
-    """Segment and classify the clusters of a retrieved projection or a stitched mosaic."""
+def classify_image(result, correction: TissueCorrection | None = None) -> ProjectionResult:
+    """Segment and classify the clusters of a retrieved projection or a stitched mosaic.
+
+    ``correction``: the tissue calibration's ``c(Ts)`` applied to every cluster's ratio
+    (``reconstruction.correct_clusters``; the configured one is
+    ``acquisition.tissue_calibration_file.tissue_correction(config)``); None: none."""
     mask = calcified_mask(result.transmission, result.dark_field)
     labels = label_clusters(mask)
     clusters = analyse_clusters(result.transmission, result.dark_field, labels, mask=mask)
-    return ProjectionResult(result, labels, clusters)
+    return ProjectionResult(result, labels, correct_clusters(clusters, correction))
 
 
-def analyse_projection(frames: ProjectionFrames, period_um: float) -> ProjectionResult:
+def analyse_projection(frames: ProjectionFrames, period_um: float,
+                       correction: TissueCorrection | None = None) -> ProjectionResult:
     """Retrieve T, V, dphi with the measured G2 positions, then segment and classify."""
-    return classify_image(retrieve_projection(frames, period_um))
+    return classify_image(retrieve_projection(frames, period_um), correction)
 
 
-def analyse_mosaic(retrievals: dict[int, Retrieval], mosaic: dict, sample_pixel_mm: float) -> ProjectionResult:
+def analyse_mosaic(retrievals: dict[int, Retrieval], mosaic: dict, sample_pixel_mm: float,
+                   correction: TissueCorrection | None = None) -> ProjectionResult:
     """Stitch retrieved tiles (tile index -> retrieval) at the stage positions of the start
     document's ``mosaic["tiles"]`` (x_mm, y_mm), then segment and classify the mosaic."""
     stage = {t["tile"]: (t["x_mm"], t["y_mm"]) for t in mosaic["tiles"]}
     tiles = [Tile(r.transmission, r.dark_field, r.differential_phase, stage[k])
              for k, r in sorted(retrievals.items())]
-    return classify_image(stitch(tiles, sample_pixel_mm))
+    return classify_image(stitch(tiles, sample_pixel_mm), correction)

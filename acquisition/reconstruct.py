@@ -22,6 +22,7 @@ from .projection import (
     retrieve_projection,
 )
 from .run_record import read_run_record
+from .tissue_calibration_file import calibration_record, embedded_calibration
 
 
 def load_sets(record) -> list[tuple[int, ProjectionFrames]]:
@@ -31,7 +32,7 @@ def load_sets(record) -> list[tuple[int, ProjectionFrames]]:
     replaces the interrupted one, a set with a frame recorded with the shutter closed waits
     for its repeat); the beam check itself comes with the retrieval."""
     stepping = record.start["phase_stepping"]
-    sets = SetAssembler(stepping["positions_um"], stepping["dark_frames"], stepping["streams"])
+    sets = SetAssembler.from_start(stepping)
     has_shutter = "shutter" in (record.frames.dtype.names or ())
     ready = []
     for row in record.frames:
@@ -50,25 +51,32 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def reconstruct_run(path: str | Path, out_dir: str | Path) -> list[dict]:
-    """Reconstruct one recorded run; returns its report rows."""
+def reconstruct_run(path: str | Path, out_dir: str | Path, *, calibration="configured") -> list[dict]:
+    """Reconstruct one recorded run; returns its report rows.  ``calibration``: the tissue
+    calibration applied, as the live processor's (``darkfield_router``)."""
+    if isinstance(calibration, str) and calibration == "configured":
+        calibration = embedded_calibration()
+    correction = None if calibration is None else calibration.correction
     record = read_run_record(path)
     period = record.start["phase_stepping"]["period_um"]
     sets = load_sets(record)
     mosaic = record.start.get("mosaic")
     if mosaic:
         retrievals = {tile: retrieve_projection(frames, period) for tile, frames in sets}
-        analysis = analyse_mosaic(retrievals, mosaic, record.start["detector_pixel"]["sample_pixel_mm"])
+        analysis = analyse_mosaic(retrievals, mosaic, record.start["detector_pixel"]["sample_pixel_mm"],
+                                  correction)
     else:
-        analysis = analyse_projection(sets[-1][1], period)
+        analysis = analyse_projection(sets[-1][1], period, correction)
     uid = record.start["uid"]
     out = Path(out_dir)
     write_derived(out / derived_name(uid), analysis.retrieval, analysis.labels,
-                  analysis.clusters, uid, run_record=path)
+                  analysis.clusters, uid, run_record=path,
+                  tissue_calibration=calibration_record(calibration))
     rows = [{"label": c.label, "centroid_px": [round(v, 2) for v in c.centroid_px],
              "pixels": c.n_pixels, "ratio": round(c.ratio, 4), "variance": round(c.variance, 5),
              "texture": c.texture, "borderline": c.borderline, "suspicious": c.suspicious}
             for c in analysis.clusters]
     (out / f"report_{uid[:8]}.json").write_text(json.dumps(
-        {"run": uid, "sample": record.start.get("sample"), "clusters": rows}, indent=2))
+        {"run": uid, "sample": record.start.get("sample"),
+         "tissue_calibration": calibration_record(calibration), "clusters": rows}, indent=2))
     return rows

@@ -270,7 +270,7 @@ def session_namespace(instrument, out_dir: str | Path, *, kind: str = "simulated
 
     from . import plans
     from .catalogue import BackgroundCatalogue, catalogue_writer, find_runs, last_run
-    from .demo import DerivedCollector
+    from .derived_collector import DerivedCollector
     from .plans.source import honour_time_scale
     from .processing import DocumentBuffer, darkfield_router
     from .progress import PlanProgress
@@ -304,7 +304,9 @@ def session_namespace(instrument, out_dir: str | Path, *, kind: str = "simulated
         for consumer in derived_consumers:
             consumer(name, doc)
 
-    processor = darkfield_router(out, publish=publish)
+    from .tissue_calibration_file import configured_calibration
+
+    processor = darkfield_router(out, publish=publish, calibration=configured_calibration(instrument.config))
     bec.buffer = DocumentBuffer(bec, "table")
     buffers = [bec.buffer,
                DocumentBuffer(run_recorder(out), "run-recorder"),

@@ -17,6 +17,8 @@ from .roc import RocCurve, confusion_at, roc_curve
 from .stitching import Mosaic, Tile, place_tiles, refine_offsets, stitch
 from .segmentation import calcified_mask, label_clusters, segment_clusters
 from .stepping import SteppingFit, fit_stepping, wrap_phase
+from .tissue_correction import (TissueCorrection, correct_clusters, correction_points,
+                                fit_tissue_correction)
 
 __all__ = [
     "ClusterAnalysis", "Microtexture", "Retrieval", "SteppingFit", "SUSPICIOUS_RATIO",
@@ -27,4 +29,5 @@ __all__ = [
     "RocCurve", "confusion_at", "roc_curve",
     "Particle", "particles", "surface_distribution", "table1_descriptor",
     "Mosaic", "Tile", "place_tiles", "refine_offsets", "stitch",
+    "TissueCorrection", "correct_clusters", "correction_points", "fit_tissue_correction",
 ]

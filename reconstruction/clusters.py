@@ -29,7 +29,9 @@ class ClusterAnalysis:
 
     ``centroid_px``: (row, col) of its calcified pixels; ``n_pixels``: calcified pixels with
     finite mu and eps; ``mu``, ``eps``: their tissue-normalised values; ``Ts``, ``Vs``: the
-    medians of T and V of the surrounding tissue (eq. 2).
+    medians of T and V of the surrounding tissue (eq. 2).  ``tissue_factor``: the factor
+    ``ratio`` was multiplied by for the surrounding tissue (1.0: uncorrected; see
+    :func:`reconstruction.tissue_correction.correct_clusters`).
     """
 
     label: int
@@ -44,6 +46,12 @@ class ClusterAnalysis:
     eps: np.ndarray
     Ts: float
     Vs: float
+    tissue_factor: float = 1.0
+
+    @property
+    def uncorrected_ratio(self) -> float:
+        """The mu/eps slope as measured, before any tissue correction."""
+        return self.ratio / self.tissue_factor
 
 
 def analyse_clusters(transmission, dark_field, labels=None, *, mask=None,

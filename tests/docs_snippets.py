@@ -29,6 +29,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from ioc_fixture import _free_port as free_port  # noqa: F401  (one port helper for all tests)
 
 REPO = Path(__file__).resolve().parents[1]
 DOC_FILES = ("README.md", "docs/*.md")
@@ -218,6 +220,9 @@ def write_configs(directory: Path, *, region=None, time_scale=None, write_path=N
         instrument["epics"]["write_path"] = str(write_path)
     (directory / "instrument.yaml").write_text(yaml.safe_dump(instrument, sort_keys=False))
     (directory / "simulation.yaml").write_text(yaml.safe_dump(simulation, sort_keys=False))
+    for other in embedded.iterdir():  # the files the YAML names (the tissue calibration)
+        if other.is_file() and other.suffix not in (".yaml", ".yml"):
+            shutil.copy2(other, directory / other.name)
     return directory
 
 
@@ -244,21 +249,6 @@ def doc_env(tmp: Path, configs: Path | None = None, **extra) -> dict:
         env["TALBOT_LAU_DOCTEST_CONFIGS"] = str(configs)
     env.update({key: str(value) for key, value in extra.items()})
     return env
-
-
-def free_port() -> int:
-    """A port free for TCP and UDP on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                udp.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port on 127.0.0.1")
 
 
 def port_is_free(port: int) -> bool:

@@ -65,7 +65,7 @@ def main() -> int:
     started = time.monotonic()
     try:
         engine(darkfield_projection(instrument, steps=args.steps, exposure_s=args.exposure,
-                                    dark_frames=1, sample="fault-test"))
+                                    reference_exposure_s=args.exposure, dark_frames=1, sample="fault-test"))
     except Exception as err:  # the outcome is reported, not raised
         error = f"{type(err).__name__}: {err}"
     resources = {doc["uid"]: "/" + doc["resource_path"].lstrip("/")

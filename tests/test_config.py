@@ -24,7 +24,7 @@ def test_embedded_config_is_the_papers_instrument():
     assert config.setup.detector.pixel_um / geometry.magnification == pytest.approx(85.2, abs=0.1)
     assert config.setup.gratings.g2_period_um == 4.8
     assert config.instrument.scan.steps == 9 and config.instrument.scan.exposure_s == 9.0
-    assert config.instrument.dose.mgd_rate_mgy_per_s == 0.89
+    assert config.instrument.dose.air_kerma_mgy_per_s == 2.1 and config.instrument.dose.hvl_mm_al == 0.8
     # the simulation overrides only the detector fields it names
     assert config.setup.detector.region == (512, 640, 512, 640)
     assert config.setup.detector.rows == 1536

@@ -14,7 +14,8 @@ from acquisition.monitor import MonitorWindow
 from acquisition.plans import darkfield_projection
 from acquisition.processing import darkfield_router
 from reconstruction import TEXTURES
-from simulators.physics import Phantom, TissueSlab, cluster_preset
+from simulators.physics import Phantom, TissueSlab
+from specimens import class_cluster
 
 FOUR_CLASSES = (("ultra-fine", (-2.6, -2.2)), ("fine", (2.6, -2.2)), ("pleomorphic", (-2.6, 2.2)),
                 ("coarse", (2.6, 2.2)))
@@ -31,14 +32,15 @@ def four_classes(tmp_path_factory):
     """A projection of one cluster of each class (112 x 128 pixels), its raw documents and
     the processor's derived run, in the order they were published."""
     tmp = tmp_path_factory.mktemp("four")
-    phantom = Phantom(TissueSlab(), tuple(cluster_preset(texture, centre, seed=seed)
+    phantom = Phantom(TissueSlab(), tuple(class_cluster(texture, centre, seed=seed)
                                           for seed, (texture, centre) in enumerate(FOUR_CLASSES, start=2)))
     instrument = simulated_instrument(small_config(rows=112, cols=128), write_path=tmp / "raw", phantom=phantom)
     documents, router = _collect(tmp)
     engine = RunEngine({})
     engine.subscribe(lambda name, doc: documents.append(("raw", name, copy.deepcopy(doc))))
     engine.subscribe(router)
-    engine(darkfield_projection(instrument, dark_frames=1, steps=5, exposure_s=1.0))
+    engine(darkfield_projection(instrument, dark_frames=1, steps=5, exposure_s=1.0,
+                                reference_exposure_s=1.0))
     return documents
 
 
@@ -176,15 +178,16 @@ def test_monitor_follows_a_live_run(qtbot, tmp_path):
     window = MonitorWindow()
     qtbot.addWidget(window)
     window.show()
-    phantom = Phantom(TissueSlab(), (cluster_preset("coarse", (-2.0, 0.0), seed=1),
-                                     cluster_preset("ultra-fine", (2.5, 0.0), seed=2)))
+    phantom = Phantom(TissueSlab(), (class_cluster("coarse", (-2.0, 0.0), seed=1),
+                                     class_cluster("ultra-fine", (2.5, 0.0), seed=2)))
     instrument = simulated_instrument(small_config(rows=96, cols=128), write_path=tmp_path / "raw",
                                       phantom=phantom)
     window.watch_tube(instrument.tube)
     engine = RunEngine({})
     engine.subscribe(window.raw_callback)
     engine.subscribe(darkfield_router(out_dir=tmp_path, publish=window.derived_callback))
-    engine(darkfield_projection(instrument, dark_frames=1, steps=5, exposure_s=1.0))
+    engine(darkfield_projection(instrument, dark_frames=1, steps=5, exposure_s=1.0,
+                                reference_exposure_s=1.0))
     qtbot.waitUntil(lambda: window.processing_status.text().startswith("done"), timeout=5000)
 
     assert window.images["raw"].image.shape == (96, 128)
@@ -209,7 +212,7 @@ def test_monitor_grows_the_mosaic_tile_by_tile_then_shows_the_stitch(qtbot, tmp_
 
     window = MonitorWindow()
     qtbot.addWidget(window)
-    phantom = Phantom(TissueSlab(), (cluster_preset("coarse", (0.0, 0.0), seed=3),))
+    phantom = Phantom(TissueSlab(), (class_cluster("coarse", (0.0, 0.0), seed=3),))
     instrument = simulated_instrument(small_config(rows=64, cols=64), write_path=tmp_path / "raw",
                                       phantom=phantom)
     titles = []
@@ -220,7 +223,7 @@ def test_monitor_grows_the_mosaic_tile_by_tile_then_shows_the_stitch(qtbot, tmp_
     engine.subscribe(window.raw_callback)
     engine.subscribe(darkfield_router(out_dir=tmp_path, publish=window.derived_callback))
     (uid,) = engine(darkfield_mosaic(instrument, rows=1, columns=2, overlap=0.0, steps=3,
-                                     dark_frames=1, exposure_s=1.0))
+                                     dark_frames=1, exposure_s=1.0, reference_exposure_s=1.0))
     qtbot.waitUntil(lambda: len(titles) == 3, timeout=10000)
 
     assert titles == ["mosaic eps: 1 tiles measured", "mosaic eps: 2 tiles measured",

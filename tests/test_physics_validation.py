@@ -12,6 +12,7 @@ from simulators.physics.darkfield import sphere_autocorrelation
 from simulators.physics.engine import defect_map
 from simulators.physics.interferometer import fringe_harmonic, wavelength_um
 from simulators.physics.scene import scene
+from simulators.physics.spectrum import half_value_layer_mm_al, incident_air_kerma
 
 QUIET = Setup(
     detector=Detector(region=(720, 900, 64, 80), read_noise=False),
@@ -133,3 +134,13 @@ def test_noise_is_widened_by_energy_spread_and_swank_factor():
     variance_per_signal = np.mean(frames.var(axis=0, ddof=1) / (mean - 118))
     assert view.noise_factor > 1 / QUIET.detector.swank_factor  # polyenergetic spread
     assert variance_per_signal == pytest.approx(view.adu_per_photon * view.noise_factor, rel=0.05)
+
+
+def test_beam_at_the_sample_is_the_measured_one_and_the_open_beam_fits_16_bit():
+    # paper, Methods "Dose": incident air kerma 2.1 mGy/s, HVL 0.8 mm Al at 40 kVp / 70 mA
+    setup = Setup()
+    kerma = incident_air_kerma(40.0, setup.source, setup.geometry, setup.gratings) * 70.0
+    assert kerma == pytest.approx(2.1, abs=0.1)
+    assert half_value_layer_mm_al(40.0, setup.source, setup.geometry.source_sample_mm) == pytest.approx(0.8, abs=0.05)
+    frames = stack(QUIET, TubeState(), 9.0, 0, noisy=False)  # one 9 s phase-stepping set
+    assert 10_000 < frames.mean() < 30_000 and frames.max() < 0.8 * 65535

@@ -50,7 +50,7 @@ CASES = [  # (plan, arguments planning more than the budget, suggestions expecte
     (darkfield_mosaic, dict(rows=2, columns=2, overlap=0.1,
                             sample={"id": "phantom", "thickness_mm": 10}),
      {"exposure_s", "ma", "overlap"}),
-    (darkfield_projection, dict(sample={"id": "slice", "thickness_mm": 1}),
+    (darkfield_projection, dict(sample={"id": "slice", "breast_thickness_mm": 1}, exposure_s=12.0),
      {"exposure_s", "steps", "ma"}),
 ]
 
@@ -73,9 +73,9 @@ def test_the_suggested_values_are_the_largest_on_their_grid(instrument):
     with pytest.raises(PlanArgumentError) as refused:
         darkfield_mosaic(instrument, **kwargs)
     message = str(refused.value)
-    assert "288.4 mGy" in message  # 4 x 9 steps x 9 s x 0.89 mGy/s: the corners of four tiles
-    assert "exposure_s <= 6.2 s" in message and "steps <= 6" in message and "ma <= 48 mA" in message
-    for fit in ({"exposure_s": 6.3}, {"steps": 7}, {"ma": 49.0}):  # one grid step more is refused
+    assert "295.1 mGy" in message  # 4 x 9 steps x 9 s x 0.911 mGy/s: the corners of four tiles
+    assert "exposure_s <= 6.1 s" in message and "steps <= 6" in message and "ma <= 47 mA" in message
+    for fit in ({"exposure_s": 6.2}, {"steps": 7}, {"ma": 48.0}):  # one grid step more is refused
         with pytest.raises(PlanArgumentError):
             darkfield_mosaic(instrument, **(kwargs | fit))
 

@@ -22,7 +22,7 @@ def test_projection_takes_darks_reference_and_sample_sets(instrument):
 
     start = next(doc for name, doc in documents if name == "start")
     assert start["sample"] == {"id": "biopsy-17"} and start["operator"] == "lb"
-    assert start["planned_dose_mgy"] == pytest.approx(0.89 * 81, rel=1e-6)  # paper: 72 mGy
+    assert start["planned_dose_mgy"] == pytest.approx(72.0, abs=2.0)  # paper: 72 mGy (4.5 cm)
     assert start["geometry"]["magnification"] == pytest.approx(1.49, abs=0.01)
     assert start["phase_stepping"]["positions_um"] == pytest.approx([k * 4.8 / 9 for k in range(9)])
 
@@ -78,7 +78,9 @@ def test_shutter_ends_closed_when_the_scan_fails(instrument):
         ({"sample_position_mm": (0.0, 400.0)}, "outside the stage limits"),
         ({"reference_position_mm": (-151.0, 0.0)}, "outside the stage limits"),
         ({"exposure_s": 30.0}, "exceeds the budget"),
-        ({"sample": {"id": "b1", "thickness_mm": 2.0}}, "exceeds the budget"),  # thin: more MGD
+        ({"sample": {"id": "b1", "breast_thickness_mm": 2.0}, "exposure_s": 12.0},
+         "exceeds the budget"),  # thin breast: more MGD (45 mm at 12 s is 98 mGy)
+        ({"sample": {"id": "b1", "breast_thickness_mm": 400.0}}, "breast_thickness_mm=400.0"),
         ({"sample": {"id": "b1", "thickness_mm": -5.0}}, "thickness_mm=-5.0"),
         ({"sample": 17}, "sample=17"),
     ],

@@ -13,12 +13,13 @@ from acquisition.processing import darkfield_router
 from acquisition.reconstruct import reconstruct_run
 from acquisition.run_record import RunRecordError, read_run_record, run_recorder
 from conftest import small_config
-from simulators.physics import Phantom, TissueSlab, cluster_preset
+from simulators.physics import Phantom, TissueSlab
+from specimens import class_cluster
 
 
 @pytest.fixture
 def recorded_run(tmp_path):
-    phantom = Phantom(TissueSlab(), (cluster_preset("pleomorphic", (0.0, 0.0), seed=5),))
+    phantom = Phantom(TissueSlab(), (class_cluster("pleomorphic", (0.0, 0.0), seed=5),))
     instrument = simulated_instrument(small_config(rows=96, cols=96), write_path=tmp_path / "raw",
                                       phantom=phantom)
     collector = DerivedCollector()
@@ -65,7 +66,7 @@ def test_a_recorded_mosaic_is_stitched_and_classified(tmp_path):
 
     from acquisition.plans import darkfield_mosaic
 
-    phantom = Phantom(TissueSlab(), (cluster_preset("coarse", (0.0, 0.0), seed=5),))
+    phantom = Phantom(TissueSlab(), (class_cluster("coarse", (0.0, 0.0), seed=5),))
     instrument = simulated_instrument(small_config(rows=64, cols=64), write_path=tmp_path / "raw",
                                       phantom=phantom)
     engine = RunEngine({})

@@ -7,14 +7,15 @@ import time
 
 from bluesky import RunEngine
 
-from acquisition.demo import DerivedCollector
+from acquisition.derived_collector import DerivedCollector
 from acquisition.instrument import simulated_instrument
 from acquisition.monitor import MonitorWindow
 from acquisition.plans import darkfield_projection
 from acquisition.processing import darkfield_router
 from acquisition.remote import by_origin, parse_address, publisher, start_dispatcher
 from conftest import small_config
-from simulators.physics import Phantom, TissueSlab, cluster_preset
+from simulators.physics import Phantom, TissueSlab
+from specimens import class_cluster
 
 
 def free_port() -> int:
@@ -38,7 +39,7 @@ def start_proxy(request) -> tuple[int, int]:
 
 
 def run_projection(request, tmp_path, in_port, texture):
-    phantom = Phantom(TissueSlab(), (cluster_preset(texture, (0.0, 0.0), seed=3),))
+    phantom = Phantom(TissueSlab(), (class_cluster(texture, (0.0, 0.0), seed=3),))
     instrument = simulated_instrument(small_config(rows=96, cols=96), write_path=tmp_path / "raw",
                                       phantom=phantom)
     engine = RunEngine({})
@@ -46,7 +47,8 @@ def run_projection(request, tmp_path, in_port, texture):
     request.addfinalizer(publish.close)
     engine.subscribe(publish)
     time.sleep(0.5)  # 0MQ subscribers and the publisher need a moment to connect
-    return engine(darkfield_projection(instrument, dark_frames=1, steps=5, exposure_s=1.0))
+    return engine(darkfield_projection(instrument, dark_frames=1, steps=5, exposure_s=1.0,
+                                       reference_exposure_s=1.0))
 
 
 def test_monitor_and_processor_behind_the_proxy(qtbot, tmp_path, request):

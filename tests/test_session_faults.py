@@ -178,7 +178,8 @@ def test_twenty_interlock_trips_in_the_full_session_are_all_answered(tmp_path, s
     try:
         documents = Documents()
         engine.subscribe(documents)
-        plan = {"steps": 5, "dark_frames": 2, "exposure_s": 1.0, "sample": "trip-20"}
+        plan = {"steps": 5, "dark_frames": 2, "exposure_s": 1.0, "reference_exposure_s": 1.0,
+                "sample": "trip-20"}
         # the twin computes its first frames (spectrum, phantom) on the RunEngine's thread,
         # which stalls the loop for up to a second: a first run warms it up
         engine(darkfield_projection(instrument, **plan))

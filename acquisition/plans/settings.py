@@ -3,6 +3,7 @@ anything moves or any X-ray is made; a wrong one raises :class:`PlanArgumentErro
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import json
 import math
@@ -27,11 +28,10 @@ simulator's spectrum model starts there)."""
 MIN_THICKNESS_MM = 0.1
 MAX_THICKNESS_MM = 150.0
 """Sample thickness range a plan accepts (mm).  A compressed breast is 20-80 mm and an
-excised specimen or mastectomy less; 150 mm covers any breast (the dose model is scaled
-from the paper's 4.5 cm).  A larger value is a unit slip (um for mm), and since the dose
-model gives a thicker breast a lower mean glandular dose, it would pass the dose budget
-wrongly.  Below 0.1 mm nothing is a specimen, and the model's depth average underflows to
-zero dose."""
+excised specimen or mastectomy less; 150 mm covers any breast.  A larger value is a unit
+slip (um for mm), and since the dose model gives a thicker breast a lower mean glandular
+dose, a wrong breast_thickness_mm would pass the dose budget wrongly.  Below 0.1 mm
+nothing is a specimen.  Both thickness_mm and breast_thickness_mm are checked so."""
 
 
 def phase_step_positions(start_um: float, period_um: float, steps: int) -> list[float]:
@@ -57,7 +57,14 @@ class SteppingSettings:
 
     @property
     def thickness_mm(self) -> float | None:
+        """Physical specimen thickness (mm), metadata only."""
         return self.sample.get("thickness_mm")
+
+    @property
+    def breast_thickness_mm(self) -> float | None:
+        """Compressed breast thickness (mm) the dose is labelled for; None: the reference
+        breast (dose.reference_thickness_mm, the paper's 4.5 cm)."""
+        return self.sample.get("breast_thickness_mm")
 
 
 def stepping_settings(instrument: Instrument, *, steps=None, exposure_s=None, dark_frames=None,
@@ -88,20 +95,34 @@ def stepping_settings(instrument: Instrument, *, steps=None, exposure_s=None, da
                             positions, sample, operator or getpass.getuser())
 
 
+def reference_settings(instrument: Instrument, settings: SteppingSettings,
+                       reference_exposure_s=None) -> SteppingSettings:
+    """The reference scan's settings: ``settings`` with the reference's own exposure per
+    step (s), default the configuration's ``scan.exposure_s`` (9 s) even when the sample's
+    is shorter; checked like ``exposure_s``.  The reference costs the patient no dose."""
+    scan = instrument.config.instrument.scan
+    exposure = scan.exposure_s if reference_exposure_s is None else reference_exposure_s
+    check(finite(exposure) and 0 < exposure <= scan.max_exposure_s,
+          f"reference_exposure_s={reference_exposure_s!r}: must be in (0, {scan.max_exposure_s}] s")
+    return dataclasses.replace(settings, exposure_s=float(exposure))
+
+
 def sample_metadata(sample) -> dict:
-    """A sample id, or a dict with an 'id' (and optionally 'thickness_mm' in [0.1, 150])
+    """A sample id, or a dict with an 'id' (and optionally 'thickness_mm', the specimen, and
+    'breast_thickness_mm', the breast the dose is labelled for, each in [0.1, 150] mm)
     whose values are plain JSON (they go into the start document)."""
     if sample is None:
         return {"id": "unnamed"}
     if isinstance(sample, str) and sample.strip():
         return {"id": sample}
     if isinstance(sample, dict) and isinstance(sample.get("id"), str) and sample["id"].strip():
-        thickness = sample.get("thickness_mm")
-        check(thickness is None or (finite(thickness) and MIN_THICKNESS_MM <= thickness <= MAX_THICKNESS_MM),
-              f"sample thickness_mm={thickness!r}: must be in [{MIN_THICKNESS_MM:g}, {MAX_THICKNESS_MM:g}] mm")
         metadata = dict(sample)
-        if thickness is not None:
-            metadata["thickness_mm"] = float(thickness)
+        for key in ("thickness_mm", "breast_thickness_mm"):
+            thickness = sample.get(key)
+            check(thickness is None or (finite(thickness) and MIN_THICKNESS_MM <= thickness <= MAX_THICKNESS_MM),
+                  f"sample {key}={thickness!r}: must be in [{MIN_THICKNESS_MM:g}, {MAX_THICKNESS_MM:g}] mm")
+            if thickness is not None:
+                metadata[key] = float(thickness)
         check(_plain_json(metadata), f"sample={sample!r}: values must be text, numbers, "
               "true/false or lists/dicts of them (they go into the start document)")
         return metadata
@@ -206,7 +227,7 @@ def check_dose_budget(instrument: Instrument, settings: SteppingSettings, *,
 
     def planned(steps=settings.steps, exposure_s=settings.exposure_s, ma=settings.ma,
                 rows=rows, columns=columns, overlap=overlap) -> float:
-        per_tile = planned_dose_mgy(dose_cfg, settings.kv, ma, steps * exposure_s, settings.thickness_mm)
+        per_tile = planned_dose_mgy(dose_cfg, settings.kv, ma, steps * exposure_s, settings.breast_thickness_mm)
         return per_tile * exposures_per_point(rows, columns, overlap)
 
     dose = planned()

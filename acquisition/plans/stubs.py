@@ -27,8 +27,16 @@ from .settings import SteppingSettings
 
 log = logging.getLogger(__name__)
 
-STREAMS = {"dark": "dark", "reference": "reference", "sample": "primary"}
-"""Event stream of each set of frames (the sample scan is bluesky's primary stream)."""
+STREAMS = {"dark": "dark", "reference": "reference", "sample": "primary",
+           "reference_dark": "reference_dark", "lag_flush": "lag_flush"}
+"""Event stream of each set of frames (the sample scan is bluesky's primary stream).
+``reference_dark``: dark frames at the reference's exposure, taken only when it differs
+from the sample's (dark current scales with exposure); otherwise ``dark`` serves both.
+``lag_flush``: frames read out with the shutter closed and not used (:func:`lag_flush`)."""
+LAG_FLUSH_FRAMES = 2
+"""Shutter-closed frames read out before short exposures that follow long ones: the panel's
+image lag (the twin's: 1 % of the previous frame's signal) of a 9 s frame is 30 % of a
+0.3 s frame; each flush frame leaves 1 % of the lag before it."""
 SET_ATTEMPTS = 2
 """How often a phase-stepping set is taken before a rejected frame fails the run."""
 
@@ -41,9 +49,22 @@ def prepare_source(instrument: Instrument, settings: SteppingSettings):
     yield from bps.mv(tube.ma, min(settings.ma, float(tube.ma.get())))
     yield from bps.mv(tube.kv, settings.kv)
     yield from bps.mv(tube.ma, settings.ma)
-    frame_s, frames = panel_frames(settings.exposure_s, instrument.config.instrument.scan.max_frame_s)
+    yield from set_exposure(instrument, settings.exposure_s)
+
+
+def set_exposure(instrument: Instrument, exposure_s: float):
+    """The detector's exposure per image (s), split by :func:`panel_frames`."""
+    frame_s, frames = panel_frames(exposure_s, instrument.config.instrument.scan.max_frame_s)
     cam = instrument.detector.cam
     yield from bps.mv(cam.acquire_time, frame_s, cam.num_exposures, frames)
+
+
+def ensure_exposure(instrument: Instrument, settings: SteppingSettings):
+    """Read the detector's exposure back and set ``settings.exposure_s`` if it differs
+    (a set whose exposure differs from the one before it: a reference at its own)."""
+    exposure_s = yield from image_exposure_s(instrument)
+    if not math.isclose(exposure_s, settings.exposure_s, rel_tol=1e-3):
+        yield from set_exposure(instrument, settings.exposure_s)
 
 
 def panel_frames(exposure_s: float, max_frame_s: float) -> tuple[float, int]:
@@ -83,17 +104,25 @@ def restore_settings(instrument: Instrument, settings: SteppingSettings):
                             f"{settings.exposure_s:g} s")
 
 
-def dark_set(instrument: Instrument, settings: SteppingSettings, extra=()):
-    """``dark_frames`` frames with the shutter closed, after a checkpoint; each checked,
-    the set repeated as :func:`stepping_set` repeats its sets."""
+def dark_set(instrument: Instrument, settings: SteppingSettings, extra=(), stream: str = STREAMS["dark"]):
+    """``dark_frames`` frames at ``settings.exposure_s`` with the shutter closed, after a
+    checkpoint; each checked, the set repeated as :func:`stepping_set` repeats its sets."""
 
     def frames():
         yield from close_shutter(instrument.tube)
+        yield from ensure_exposure(instrument, settings)
         for _ in range(settings.dark_frames):
-            yield from checked_frame(instrument, settings, STREAMS["dark"], extra, beam=False)
+            yield from checked_frame(instrument, settings, stream, extra, beam=False)
 
     yield from bps.checkpoint()
     yield from _repeated(instrument, settings, "dark set", frames)
+
+
+def lag_flush(instrument: Instrument, settings: SteppingSettings, extra=()):
+    """:data:`LAG_FLUSH_FRAMES` dark frames at ``settings.exposure_s`` in the stream
+    ``lag_flush`` (not used by the processing), to read the lag of longer frames out."""
+    flush = dataclasses.replace(settings, dark_frames=LAG_FLUSH_FRAMES)
+    yield from dark_set(instrument, flush, extra, stream=STREAMS["lag_flush"])
 
 
 class DoseTally:
@@ -102,6 +131,8 @@ class DoseTally:
     it for the plan's run (``bpp.subs_wrapper``); :meth:`record` adds the ``dose`` event."""
 
     def __init__(self, instrument: Instrument, thickness_mm: float | None, exposure_s: float):
+        """``thickness_mm``: the compressed breast thickness the dose is labelled for (the
+        sample's breast_thickness_mm), None for the reference breast (4.5 cm)."""
         self.config = instrument.config.instrument.dose
         self.thickness_mm = thickness_mm
         self.exposure_s = exposure_s
@@ -161,6 +192,7 @@ def _repeated(instrument: Instrument, settings: SteppingSettings, what: str, fra
 def _stepping_frames(instrument, settings, stream, position_mm, extra):
     tube, g2, stage = instrument.tube, instrument.g2, instrument.stage
     yield from close_shutter(tube)
+    yield from ensure_exposure(instrument, settings)
     yield from bps.mv(stage.x, position_mm[0], stage.y, position_mm[1])
     yield from bps.mv(g2, settings.positions_um[0])
     yield from open_shutter(tube, settings.exposure_s + HEARTBEAT_MARGIN_S)
@@ -216,8 +248,9 @@ def acquisition_wrapper(instrument: Instrument, settings: SteppingSettings, body
 
 
 def start_metadata(instrument: Instrument, settings: SteppingSettings, plan_name: str,
-                   planned_dose_mgy: float) -> dict:
-    """Sample, operator, geometry, gratings, pixel, dose, config hash and version."""
+                   planned_dose_mgy: float, reference_exposure_s: float | None = None) -> dict:
+    """Sample, operator, geometry, gratings, pixel, dose, config hash and version;
+    ``phase_stepping`` holds the sample's and the reference's exposure per step (s)."""
     config = instrument.config
     setup = config.setup
     geometry = dataclasses.asdict(setup.geometry)
@@ -235,7 +268,9 @@ def start_metadata(instrument: Instrument, settings: SteppingSettings, plan_name
         "operator": settings.operator,
         "phase_stepping": {"steps": settings.steps, "period_um": settings.period_um,
                            "positions_um": settings.positions_um, "exposure_s": settings.exposure_s,
-                           "dark_frames": settings.dark_frames, "streams": STREAMS},
+                           "dark_frames": settings.dark_frames, "streams": STREAMS,
+                           "reference_exposure_s": settings.exposure_s if reference_exposure_s is None
+                           else float(reference_exposure_s)},
         "tube": {"kv": settings.kv, "ma": settings.ma, "device": instrument.tube.name},
         "planned_dose_mgy": planned_dose_mgy,
         "geometry": geometry,

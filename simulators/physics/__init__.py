@@ -17,19 +17,24 @@ _SOURCES = {
     **dict.fromkeys(("SampleSignals", "detector_shape", "expected_frame", "sample_pixel_mm",
                      "sample_signals", "simulate_frame", "truth_labels"), "engine"),
     **dict.fromkeys(("TEXTURES", "Cluster", "Grain", "Phantom", "PhantomSpec", "TissueSlab",
-                     "build_phantom", "cluster_preset"), "phantom"),
+                     "build_phantom", "cluster_preset", "specimen"), "phantom"),
+    **dict.fromkeys(("Descriptors", "describe", "descriptor_class", "draw_radii"), "descriptors"),
+    **dict.fromkeys(("TextureMaps", "texture_maps"), "breast_texture"),
     **dict.fromkeys(("Detector", "Geometry", "Gratings", "Interferometer", "Setup", "Source",
                      "TubeState"), "setup"),
 }
 
 __all__ = [
-    "Cluster", "Detector", "Geometry", "Grain", "Gratings", "Interferometer", "Phantom",
-    "PhantomSpec", "SampleSignals", "Setup", "Source", "TEXTURES", "TissueSlab", "TubeState",
-    "build_phantom", "cluster_preset", "detector_shape", "expected_frame", "sample_pixel_mm",
-    "sample_signals", "simulate_frame", "truth_labels",
+    "TEXTURES", "Cluster", "Descriptors", "Detector", "Geometry", "Grain", "Gratings",
+    "Interferometer", "Phantom", "PhantomSpec", "SampleSignals", "Setup", "Source", "TextureMaps",
+    "TissueSlab", "TubeState", "build_phantom", "cluster_preset", "describe", "descriptor_class",
+    "detector_shape", "draw_radii", "expected_frame", "sample_pixel_mm", "sample_signals",
+    "simulate_frame", "specimen", "texture_maps", "truth_labels",
 ]
 
 if typing.TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from .breast_texture import TextureMaps, texture_maps
+    from .descriptors import Descriptors, describe, descriptor_class, draw_radii
     from .engine import (
         SampleSignals,
         detector_shape,
@@ -48,12 +53,21 @@ if typing.TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         TissueSlab,
         build_phantom,
         cluster_preset,
+        specimen,
     )
-    from .setup import Detector, Geometry, Gratings, Interferometer, Setup, Source, TubeState
+    from .setup import (
+        Detector,
+        Geometry,
+        Gratings,
+        Interferometer,
+        Setup,
+        Source,
+        TubeState,
+    )
 
 
-_SUBMODULES = ("darkfield", "engine", "interferometer", "materials", "phantom", "scene", "setup",
-               "spectrum")
+_SUBMODULES = ("breast_texture", "darkfield", "descriptors", "engine", "interferometer", "materials",
+               "phantom", "scene", "setup", "spectrum")
 
 
 def __getattr__(name: str):

@@ -64,8 +64,9 @@ def fringe_harmonic(energies_kev, geometry: Geometry, gratings: Gratings) -> np.
     with np.errstate(invalid="ignore", divide="ignore"):
         sinc = np.where(n == 0, gratings.duty_cycle,
                         np.sin(np.pi * n * gratings.duty_cycle) / (np.pi * np.where(n == 0, 1, n)))
-    # t(x) = 1 + (exp(i phase) - 1) * rect(x): coefficients c_n per energy
-    c = (np.exp(1j * phase)[:, None] - 1) * sinc[None, :]
+    # t(x) = 1 + (exp(-i phase) - 1) * rect(x): the bars retard the wave by k delta h
+    # (n = 1 - delta, field exp(i k z), the propagator below); coefficients c_n per energy
+    c = (np.exp(-1j * phase)[:, None] - 1) * sinc[None, :]
     c[:, HARMONICS] += 1.0
     l_mm, d_mm = geometry.g0_g1_mm, geometry.g1_g2_mm
     z_um = l_mm * d_mm / (l_mm + d_mm) * 1e3

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import erf
 
+from .breast_texture import texture_maps
 from .darkfield import scattering_per_mm
 from .interferometer import (
     autocorrelation_length_um,
@@ -33,6 +34,8 @@ from .spectrum import spectrum_at_detector
 
 SLAB_TABLE = 257
 """Slab thicknesses tabulated for the spectral sums of the tissue."""
+GLANDULAR_TABLE = 129
+"""Glandular fractions (0-1) tabulated for a textured native slab."""
 REFERENCE_KEV = 20.0
 """Energy at which TissueSlab.dark_field_per_mm is given."""
 
@@ -130,66 +133,158 @@ def _bin_labels(labels: np.ndarray, binning: int) -> np.ndarray:
     return labels if binning == 1 else _blocks(labels, binning).max(axis=(1, 3))
 
 
+def _window(x: np.ndarray, low: float, high: float, edge: float) -> np.ndarray:
+    """1 between ``low`` and ``high`` with erf edges of width ``edge``."""
+    return 0.5 * (erf((x - low) / edge) - erf((x - high) / edge))
+
+
 def _slab_profile(phantom: Phantom, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Slab thickness (mm) under each pixel, with soft edges."""
+    """Slab thickness (mm) under each pixel, with soft edges (and the steps of a wedge)."""
     slab = phantom.slab
     if slab is None:
         return np.zeros((v.size, u.size))
     edge = max(slab.edge_mm, 1e-6)
-    px = 0.5 * (1 + erf((slab.width_mm / 2 - np.abs(u)) / edge))
     py = 0.5 * (1 + erf((slab.height_mm / 2 - np.abs(v)) / edge))
+    if slab.steps_mm:
+        bounds = np.linspace(-slab.width_mm / 2, slab.width_mm / 2, len(slab.steps_mm) + 1)
+        px = sum(step * _window(u, low, high, edge)
+                 for step, low, high in zip(slab.steps_mm, bounds[:-1], bounds[1:]))
+        return py[:, None] * px[None, :]
+    px = 0.5 * (1 + erf((slab.width_mm / 2 - np.abs(u)) / edge))
     return slab.thickness_mm * py[:, None] * px[None, :]
 
 
+@dataclass(frozen=True)
+class _Tissue:
+    """The slab's materials per energy: attenuation (1/mm) and delta of its two end
+    members (adipose and glandular, or paraffin twice) and its own scattering per mm."""
+
+    mu: tuple[np.ndarray, np.ndarray]
+    delta: tuple[np.ndarray, np.ndarray]
+    eps_per_mm: np.ndarray
+    glandularity: float
+
+    def mix(self, quantity: tuple[np.ndarray, np.ndarray], g) -> np.ndarray:
+        """Linear mix by glandular fraction of the thickness ``g`` (broadcasts on E)."""
+        g = np.asarray(g, dtype=float)[..., None]
+        return quantity[0] + g * (quantity[1] - quantity[0])
+
+
+def _tissue(slab, energies: np.ndarray) -> _Tissue:
+    if slab is None:
+        air = mu_per_mm("air", energies), delta("air", energies)
+        return _Tissue((air[0], air[0]), (air[1], air[1]), np.zeros_like(energies), 0.5)
+    if slab.embedding == "paraffin":
+        mu, d = mu_per_mm("paraffin", energies), delta("paraffin", energies)
+        members_mu, members_delta = (mu, mu), (d, d)
+    else:  # glandularity is the glandular fraction of the thickness (volume mixing)
+        members_mu = (mu_per_mm("adipose", energies), mu_per_mm("glandular", energies))
+        members_delta = (delta("adipose", energies), delta("glandular", energies))
+    return _Tissue(members_mu, members_delta,
+                   slab.dark_field_per_mm * (REFERENCE_KEV / energies) ** 2, slab.glandularity)
+
+
+def _tissue_tables(slab, tissue: _Tissue, weight, h):
+    """Spectral sums of plain tissue on a grid of thickness (mm) x glandular fraction:
+    (thickness nodes, fraction nodes, mean table, harmonic table).  The thickness nodes
+    include every step of a wedge exactly, so uniform regions are exact in thickness."""
+    top = slab.max_thickness_mm
+    nodes = np.unique(np.concatenate([np.linspace(0, top, SLAB_TABLE), [slab.thickness_mm],
+                                      np.asarray(slab.steps_mm, dtype=float)]))
+    nodes = nodes[nodes <= top]
+    fractions = (np.linspace(0, 1, GLANDULAR_TABLE) if slab.textured and slab.glandular_sd > 0
+                 else np.array([slab.glandularity]))
+    mu = tissue.mix(tissue.mu, fractions)  # (G, E)
+    exponent = nodes[:, None, None] * mu[None, :, :]  # (T, G, E)
+    t = np.exp(-exponent)
+    d = np.exp(-nodes[:, None, None] * tissue.eps_per_mm[None, None, :])
+    return nodes, fractions, t @ weight, (t * d) @ (weight * h)
+
+
+def _interpolate(nodes, fractions, table, thickness, fraction):
+    """Bilinear interpolation of ``table`` (T, G, K) at per-pixel thickness and fraction:
+    (..., K)."""
+    x = np.clip(thickness, nodes[0], nodes[-1])
+    if nodes.size == 1:
+        return np.broadcast_to(table[0, 0], x.shape + table.shape[2:]).copy()
+    i = np.clip(np.searchsorted(nodes, x, side="right") - 1, 0, nodes.size - 2)
+    ft = ((x - nodes[i]) / (nodes[i + 1] - nodes[i]))[..., None]
+    if fractions.size == 1:
+        return table[i, 0] * (1 - ft) + table[i + 1, 0] * ft
+    y = np.clip(fraction, 0, 1) * (fractions.size - 1)
+    j = np.minimum(y.astype(int), fractions.size - 2)
+    fg = (y - j)[..., None]
+    flat = table.reshape(-1, table.shape[2])
+    k = i * fractions.size + j
+    low = flat[k] * (1 - fg) + flat[k + 1] * fg
+    k += fractions.size
+    high = flat[k] * (1 - fg) + flat[k + 1] * fg
+    return low * (1 - ft) + high * ft
+
+
 def _add_phantom(phantom, u, v, pixel_mm, energies, weight, h, setup, mean, harmonic, labels):
-    """Fill ``mean`` and ``harmonic`` (relative to the open beam) with the phantom's signal."""
+    """Fill ``mean`` and ``harmonic`` (relative to the open beam) with the phantom's signal.
+
+    Plain tissue comes from a table over thickness x glandular fraction; pixels with
+    grains or with fibre/duct scattering are summed over the spectrum exactly.
+    """
     geometry, gratings = setup.geometry, setup.gratings
     slab = phantom.slab
-    medium = slab.material if slab else "air"
-    gland = slab.glandularity if slab else 0.5
-    mu_medium = mu_per_mm(medium, energies, gland)
-    delta_medium = delta(medium, energies, gland)
-    eps_medium = (slab.dark_field_per_mm if slab else 0.0) * (REFERENCE_KEV / energies) ** 2
+    tissue = _tissue(slab, energies)
+    mu_medium = tissue.mix(tissue.mu, tissue.glandularity)
+    delta_medium = tissue.mix(tissue.delta, tissue.glandularity)
     lam = wavelength_um(energies)
     xi = autocorrelation_length_um(energies, geometry, gratings)
 
     thickness = _slab_profile(phantom, u, v)
+    fraction = np.full(thickness.shape, tissue.glandularity)
+    strands = np.zeros(thickness.shape)
+    if slab is not None and slab.textured:
+        fraction, strands = texture_maps(slab).sample(u, v)
+        fraction, strands = fraction.astype(np.float64), strands.astype(np.float64)
     if slab is not None:
-        table = np.linspace(0, slab.thickness_mm, SLAB_TABLE)
-        t = np.exp(-np.outer(table, mu_medium))
-        d = np.exp(-np.outer(table, eps_medium))
-        mean_table = t @ weight
-        harmonic_table = (t * d) @ (weight * h)
-        mean[:] = np.interp(thickness, table, mean_table)
-        harmonic[:] = (np.interp(thickness, table, harmonic_table.real)
-                       + 1j * np.interp(thickness, table, harmonic_table.imag))
+        nodes, fractions, mean_table, harmonic_table = _tissue_tables(slab, tissue, weight, h)
+        table = np.stack([mean_table, harmonic_table.real, harmonic_table.imag], axis=-1)
+        sums = np.broadcast_to(table[0, 0], thickness.shape + (3,)).copy()  # no tissue
+        inside = thickness > 0
+        sums[inside] = _interpolate(nodes, fractions, table, thickness[inside], fraction[inside])
+        mean[:] = sums[..., 0]
+        harmonic[:] = sums[..., 1] + 1j * sums[..., 2]
 
     index, path, grain_of, grains, cluster_of = _rasterise(phantom, u, v, pixel_mm)
-    if index.size == 0:
-        return
     materials = sorted({g.material for g in grains})
     mu_grain = {m: mu_per_mm(m, energies) - mu_medium for m in materials}
     delta_grain = {m: delta(m, energies) - delta_medium for m in materials}
-    mu_g = np.array([mu_grain[g.material] for g in grains])  # (grains, E)
-    eps_g = np.array([scattering_per_mm(g.radius_um, delta_grain[g.material], lam, xi) for g in grains])
-    pixels, inverse = np.unique(index, return_inverse=True)
-    mu_px = np.zeros((pixels.size, energies.size))
-    eps_px = np.zeros((pixels.size, energies.size))
-    np.add.at(mu_px, inverse, path[:, None] * mu_g[grain_of])
-    np.add.at(eps_px, inverse, path[:, None] * eps_g[grain_of])
-    slab_px = thickness.ravel()[pixels][:, None]
-    t = np.exp(-(mu_px + slab_px * mu_medium))
-    d = np.exp(-(eps_px + slab_px * eps_medium))
-    flat_mean, flat_harmonic, flat_labels = mean.reshape(-1), harmonic.reshape(-1), labels.reshape(-1)
-    flat_mean[pixels] = t @ weight
-    flat_harmonic[pixels] = (t * d) @ (weight * h)
-    flat_labels[index] = cluster_of[grain_of] + 1
+    scattering = np.flatnonzero(strands.ravel() > 0)
+    pixels, inverse = np.unique(np.concatenate([index, scattering]), return_inverse=True)
+    if pixels.size:
+        mu_px = np.zeros((pixels.size, energies.size))
+        eps_px = np.zeros((pixels.size, energies.size))
+        if index.size:
+            mu_g = np.array([mu_grain[g.material] for g in grains])  # (grains, E)
+            eps_g = np.array([scattering_per_mm(g.radius_um, delta_grain[g.material], lam, xi)
+                              for g in grains])
+            np.add.at(mu_px, inverse[:index.size], path[:, None] * mu_g[grain_of])
+            np.add.at(eps_px, inverse[:index.size], path[:, None] * eps_g[grain_of])
+        slab_px = thickness.ravel()[pixels][:, None]
+        mu_px += slab_px * tissue.mix(tissue.mu, fraction.ravel()[pixels])
+        eps_px += (slab_px * tissue.eps_per_mm
+                   + strands.ravel()[pixels][:, None] * (REFERENCE_KEV / energies) ** 2)
+        t = np.exp(-mu_px)
+        d = np.exp(-eps_px)
+        mean.reshape(-1)[pixels] = t @ weight
+        harmonic.reshape(-1)[pixels] = (t * d) @ (weight * h)
+    if index.size:
+        labels.reshape(-1)[index] = cluster_of[grain_of] + 1
 
     # refraction: the fringe shifts by d_eff times the gradient of the projected delta
     effective = np.argmax(weight)
     projected = np.zeros(mean.size)
-    np.add.at(projected, index, path * np.array([delta_grain[g.material][effective] for g in grains])[grain_of])
-    projected = projected.reshape(mean.shape) + thickness * delta_medium[effective]
+    if index.size:
+        np.add.at(projected, index,
+                  path * np.array([delta_grain[g.material][effective] for g in grains])[grain_of])
+    members = (tissue.delta[0][effective], tissue.delta[1][effective])
+    projected = projected.reshape(mean.shape) + thickness * (members[0] + fraction * (members[1] - members[0]))
     d_eff_um = xi[effective] * gratings.g2_period_um / lam[effective]
     gradient = np.gradient(projected, pixel_mm, axis=1)
     harmonic *= np.exp(1j * 2 * np.pi * d_eff_um * gradient / gratings.g2_period_um)

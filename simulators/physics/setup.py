@@ -74,15 +74,24 @@ class Source:
     target: str = "Mo"
     anode_angle_deg: float = 12.0
     focal_spot_mm: float = 0.3
-    filtration: tuple[tuple[str, float], ...] = (("Be", 1.0), ("Si", 0.7))
-    """Filters before the sample as (spekpy material, thickness mm): the tube's beryllium
-    window and G0's silicon wafer.  The paper added no filter; with these the air kerma at
-    the sample is 2.0 mGy/s at 40 kVp / 70 mA, the paper measured 2.1 mGy/s."""
+    filtration: tuple[tuple[str, float], ...] = (("Be", 1.0), ("Si", 0.7), ("Al", 0.9))
+    """What the beam passes before the sample as (spekpy material, thickness mm): the tube's
+    beryllium window, G0's silicon wafer, and 0.9 mm Al standing for the rest the paper does
+    not describe (tube housing and shutter windows, a thicker G0 substrate).  The paper
+    added no filter (Methods); the Al is set so that the HVL at the sample is the measured
+    0.8 mm Al at 40 kVp (Scherer et al. 2016, Methods "Dose")."""
+    output_factor: float = 2.81
+    """Tube output over spekpy's modelled output (dimensionless): calibrates the photon
+    fluence to the measured incident air kerma at the sample, 2.1 mGy/s at 40 kVp / 70 mA
+    behind G0 (Scherer et al. 2016, Methods "Dose").  It scales every photon count."""
 
 
 @dataclass(frozen=True)
 class Detector:
-    """Flat-panel detector (Varian PaxScan 2520D, Gd2O2S screen, 16 bit)."""
+    """Flat-panel detector (Varian PaxScan 2520D/2550D, DRZ-Plus Gd2O2S:Tb screen of 208 um,
+    a-Si TFT, 127 um pixels, 16 bit; Scherer et al. 2016, Methods).  Modelled: the screen's
+    absorption per energy, energy-weighted integration, Swank factor; not modelled: light
+    spread (MTF), K-fluorescence escape, the screen's packing as measured (docs/physics.md)."""
 
     pixel_um: float = 127.0
     rows: int = 1536
@@ -91,7 +100,10 @@ class Detector:
     """(first row, first column, rows, columns) of the full frame to read out; None = all."""
     binning: int = 1
     scintillator_um: float = 208.0
-    gain_adu_per_kev: float = 0.0125
+    gain_adu_per_kev: float = 0.0075
+    """Panel gain (ADU per keV absorbed in the screen).  The paper gives none; this puts the
+    open beam at 40 kVp / 70 mA / 9 s near 20 000 ADU per 127 um pixel (about 1e5 absorbed
+    photons), well inside 16 bit with the fringes' modulation on top."""
     read_noise_adu: float = 3.0
     offset_adu: float = 100.0
     dark_current_adu_per_s: float = 2.0
