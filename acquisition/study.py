@@ -25,6 +25,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import math
+import multiprocessing
 import os
 import time
 import zlib
@@ -459,7 +460,10 @@ class _executor:
     def __init__(self, workers: int | None, scheduler: str | None):
         self.client = None
         if scheduler is None:
-            self.executor = concurrent.futures.ProcessPoolExecutor(max_workers=workers or default_workers())
+            # spawned, not forked: a fork of a process with running threads (a session's
+            # Channel Access clients, a test run's IOCs) can inherit a held lock and hang
+            self.executor = concurrent.futures.ProcessPoolExecutor(
+                max_workers=workers or default_workers(), mp_context=multiprocessing.get_context("spawn"))
         else:
             try:
                 from distributed import Client
