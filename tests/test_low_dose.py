@@ -11,7 +11,7 @@ from bluesky import RunEngine
 from conftest import small_config, validated_documents
 
 from acquisition.config import load_config
-from acquisition.demo import DerivedCollector
+from acquisition.derived_collector import DerivedCollector
 from acquisition.derived_store import derived_name
 from acquisition.dose import dose_rate_mgy_per_s
 from acquisition.instrument import simulated_instrument
@@ -34,6 +34,7 @@ from simulators.physics import (
     TubeState,
     cluster_preset,
     expected_frame,
+    sample_signals,
     simulate_frame,
     truth_labels,
 )
@@ -244,15 +245,20 @@ def test_a_run_with_a_stored_reference_skips_the_reference_scan(instrument, tmp_
     assert derived_start["exposure_s"] == SHORT_S and derived_start["reference_exposure_s"] == 9.0
     assert len(collector.clusters) == 1
 
-    # the stored 9 s fit, scaled to 0.3 s, gives the tissue's T and V of the full 9 s run
+    # the stored 9 s fit, scaled to 0.3 s, gives the tissue's noise-free T and V within 1 %;
+    # the full 9 s run within 3 % (its first sample frame carries the panel's lag of the last
+    # reference frame: the standard protocol has no lag flush)
     reconstruct_run(tmp_path / f"run_{uid[:8]}.nxs", tmp_path / "full")
     (second,) = [doc["uid"] for name, doc in documents if name == "start"]
-    images = {}
-    for key, file in (("full", tmp_path / "full" / derived_name(uid)), ("stored", tmp_path / derived_name(second))):
+    config = instrument.config
+    truth = sample_signals(config.setup, instrument.world.phantom, config.instrument.stage.sample_position_mm,
+                           TubeState(kv=config.instrument.tube.kv, ma=config.instrument.tube.ma))
+    for key, file, tolerance in (("full", tmp_path / "full" / derived_name(uid), 0.03),
+                                 ("stored", tmp_path / derived_name(second), 0.01)):
         with h5py.File(file, "r") as f:
-            images[key] = {name: f[f"entry/{name}/data"][()] for name in ("transmission", "dark_field")}
-    for name in ("transmission", "dark_field"):
-        assert np.nanmedian(images["stored"][name]) == pytest.approx(np.nanmedian(images["full"][name]), rel=0.01)
+            for name in ("transmission", "dark_field"):
+                measured = np.nanmedian(f[f"entry/{name}/data"][()])
+                assert measured == pytest.approx(np.nanmedian(getattr(truth, name)), rel=tolerance), (key, name)
 
 
 @pytest.mark.parametrize("change, message", [

@@ -1,6 +1,7 @@
 """`talbot-lau session --sim`: IPython with the instrument, magics and plans, run as a user would;
 the session's namespace in process (stock bluesky habits); its exits and its start time."""
 
+import dataclasses
 import os
 import re
 import statistics
@@ -195,15 +196,18 @@ def test_use_working_point_moves_the_next_plans_start_and_records_it(ns):
     engine, instrument, documents = ns["RE"], ns["instrument"], ns["documents"]
     original = instrument.config
     period = original.instrument.gratings.g2_period_um
+    g2 = dataclasses.replace(original.instrument.g2, start_um=1.5)  # away from any working point
+    shifted = dataclasses.replace(original, instrument=dataclasses.replace(original.instrument, g2=g2))
+    instrument.config = shifted
     try:
         (align,) = engine(ns["g2_alignment"](instrument, steps=12, periods=2, exposure_s=1.0))
         start, events, datums = documents.run(align)
         report = alignment_report(frames(events["primary"], datums), start["positions_um"], period, dark=102.0)
         point = report["working_point_um"]
-        assert abs(point - original.instrument.g2.start_um) > 0.2  # a real change to see
+        assert abs(point - shifted.instrument.g2.start_um) > 0.2  # a real change to see
         with pytest.raises(PlanArgumentError, match="G2 limits"):
             ns["use_working_point"](instrument, 14.9)
-        assert instrument.config is original and instrument.working_point is None
+        assert instrument.config is shifted and instrument.working_point is None
         assert ns["use_working_point"](instrument, report) == pytest.approx(point)
 
         (uid,) = engine(ns["darkfield_projection"](instrument, steps=6, dark_frames=1, exposure_s=1.0))
