@@ -181,8 +181,12 @@ def test_twenty_interlock_trips_in_the_full_session_are_all_answered(tmp_path, s
         plan = {"steps": 5, "dark_frames": 2, "exposure_s": 1.0, "reference_exposure_s": 1.0,
                 "sample": "trip-20"}
         # the twin computes its first frames (spectrum, phantom) on the RunEngine's thread,
-        # which stalls the loop for up to a second: a first run warms it up
+        # which stalls the loop for up to a second: a first run warms it up.  The catalogue
+        # opens in the background (tiled builds its pydantic models holding the GIL for
+        # tenths of a second): the measured run starts once it is open and has caught up
         engine(darkfield_projection(instrument, **plan))
+        namespace["catalogue"].wait(60)
+        assert session.flush(60)
         documents.docs.clear()
         tripper, probe = Tripper(engine, instrument.tube, documents, trips=20), LoopProbe(engine)
         started = time.monotonic()
