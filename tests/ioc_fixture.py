@@ -75,6 +75,16 @@ def searching_port(port: int):
         os.environ["EPICS_CA_ADDR_LIST"] = saved
 
 
+def wait_for(condition, timeout_s=3.0, what="condition"):
+    """Poll ``condition()`` until true (CA monitors arrive asynchronously)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def caget(pvname: str, port: int, timeout: float = 10.0):
     """One value of ``pvname`` from the server on ``port`` (caproto's sync client)."""
     from caproto.sync.client import read

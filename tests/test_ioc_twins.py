@@ -14,25 +14,16 @@ import numpy as np
 import pytest
 from bluesky import RunEngine
 from bluesky import plans as bp
+from conftest import small_config, validated_documents
+from ioc_fixture import wait_for
 from ophyd import EpicsMotor, EpicsSignal
 from ophyd.utils import LimitError
 
 import devices
-from conftest import small_config, validated_documents
 from devices.tube import RefusedCommand
 
 pytest_plugins = ["ioc_fixture"]  # the session fixture ``ioc``
 CONNECT_S = 10.0
-
-
-def wait_for(condition, timeout_s=3.0, what="condition"):
-    """Poll ``condition()`` until true (CA monitors arrive asynchronously)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

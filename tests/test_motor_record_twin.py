@@ -24,7 +24,7 @@ import epics
 import pytest
 from caproto import AlarmSeverity, AlarmStatus, ChannelType, ErrorResponseReceived
 from caproto.sync.client import read, write
-from ioc_fixture import _free_port, searching_port, spawn_ioc, stop_ioc
+from ioc_fixture import _free_port, searching_port, spawn_ioc, stop_ioc, wait_for
 from ophyd import EpicsMotor, EpicsSignal
 from ophyd.utils import LimitError, UnknownStatusFailure
 
@@ -43,15 +43,6 @@ pytest_plugins = ["ioc_fixture"]  # the session fixture ``ioc``
 CONNECT_S = 10.0
 SLOW = 0.001
 """mm (um) per recorded s: 1 egu per wall second at the session IOC's time scale 0.001."""
-
-
-def wait_for(condition, timeout_s=3.0, what="condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def get(pv, **kwargs):
