@@ -148,10 +148,27 @@ def start_dispatcher(address: tuple[str, int], callbacks):
         except asyncio.CancelledError:  # stopped
             pass
 
-    threading.Thread(target=run, name="0mq-dispatcher", daemon=True).start()
+    thread = threading.Thread(target=run, name="0mq-dispatcher", daemon=True)
+    thread.start()
     ready.wait(10)
     dispatcher = holder["dispatcher"]
-    return lambda: dispatcher.loop.call_soon_threadsafe(dispatcher.stop)
+
+    def stop(timeout: float = 10.0) -> None:
+        """Cancel the dispatcher's poll; its own ``finally`` then closes the socket and the
+        loop once the loop has stopped (bluesky's ``stop`` called inside the running loop
+        would try to close it there and print a RuntimeError)."""
+        def cancel():
+            if dispatcher._task is not None:
+                dispatcher._task.cancel()
+
+        if not dispatcher.closed:
+            try:
+                dispatcher.loop.call_soon_threadsafe(cancel)
+            except RuntimeError:  # the loop is already closed
+                pass
+        thread.join(timeout)
+
+    return stop
 
 
 def by_origin(raw, derived) -> event_model.RunRouter:
