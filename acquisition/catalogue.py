@@ -5,10 +5,14 @@ metadata in ``catalog.db``, event tables in ``tables.sqlite``, arrays tiled writ
 ``data/``.  ``catalogue_writer(client)`` is bluesky's ``TiledWriter`` for the RunEngine (and
 for the processor's ``publish``): run ``uid`` becomes ``client[uid]`` with ``start``/``stop``
 metadata and one table per stream (``client[uid]["primary"]["g2"]``, um).  Frames are not
-copied: the HDF5 files the documents reference are registered as external assets, read in
-place.  ``find_runs`` searches by sample id (a plan's ``{"id": ...}`` or a stock string),
-``last_run`` gives the last raw or derived run.  The same directory behind a tiled server
-(``server_command``; docs/catalogue.md) is reached with ``connect_catalogue``.
+copied: the HDF5 files the documents reference are registered as external assets by paths
+relative to the catalogue directory (a directory moved with its run folder opens at its new
+place), and read in place through acquisition.frames' handlers (no HDF5 open of its own, so
+no SWMR flag mismatch with a file open elsewhere in the process).  ``find_runs`` searches by
+sample id (a plan's ``{"id": ...}`` or a stock string), ``last_run`` gives the last raw or
+derived run.  The same directory behind a tiled server (``server_command``, from the
+``tiled.yml`` :func:`open_catalogue` writes; docs/catalogue.md) is reached with
+``connect_catalogue``.
 :class:`BackgroundCatalogue` opens a catalogue in a worker thread (the session's, which
 must not wait seconds for tiled to start); bluesky's tiled writer, whose import takes about
 2 s, is imported at the first document written.
@@ -23,6 +27,7 @@ catalogue directory); :func:`server_environment` hands it to the server as
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
@@ -33,15 +38,23 @@ import sys
 import tempfile
 import threading
 import warnings
+import weakref
 from collections import defaultdict
 from collections.abc import Iterable
 from contextlib import closing
 from pathlib import Path
+from urllib.parse import quote, unquote, urlparse
 
-import h5py
+import numpy as np
 from event_model import DocumentNames
 
-from .frames import DERIVED_DATASET, FRAME_DATASET
+from .frames import (
+    DERIVED_DATASET,
+    FRAME_DATASET,
+    DerivedImageHandler,
+    HDF5FrameHandler,
+)
+from .frames import _open as _open_hdf5  # SWMR or not, as the file needs
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +70,259 @@ API_KEY_FILE = "api_key"
 """The file (mode 0600) in the catalogue directory that holds a generated API key."""
 TILED_KEY_ENV = "TILED_SINGLE_USER_API_KEY"
 """Where ``tiled serve`` reads its single-user API key from (tiled.server.settings)."""
+SERVER_CONFIG = "tiled.yml"
+"""The tiled server configuration :func:`open_catalogue` writes into the catalogue directory."""
+FRAMES_MIMETYPE = "application/x-talbot-lau-frames+hdf5"
+"""Catalogue data sources of raw frames (spec ``AD_HDF5``), read by this module's adapter."""
+DERIVED_MIMETYPE = "application/x-talbot-lau-derived+hdf5"
+"""Catalogue data sources of derived images (spec ``TL_DERIVED_HDF5``), read by this module's adapter."""
+TABLE_MIMETYPE = "application/x-tiled-sql-table"
+"""tiled's event tables (in ``TABLES_DB``)."""
 
 
 def _storage(directory: Path) -> tuple[str, list[str]]:
     """The catalogue database URI and the writable storage of a catalogue directory."""
     return (f"sqlite:///{directory / CATALOG_DB}",
             [str(directory / DATA_DIR), f"sqlite:///{directory / TABLES_DB}"])
+
+
+def relative_uri(uri: str, directory: str | Path) -> str:
+    """The ``file://`` URI ``uri`` as a relative URI reference (RFC 3986: a percent-encoded
+    POSIX path, no scheme) from ``directory``, e.g. ``../raw/0a1b2c_000000.h5``."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "file":
+        raise ValueError(f"uri {uri!r}: not a file:// URI")
+    return quote(os.path.relpath(os.path.realpath(parsed.path), os.path.realpath(directory)))
+
+
+def asset_path(uri: str, directory: str | Path | None, readable: Iterable[str | Path] | None) -> Path:
+    """The file an asset URI names: a ``file://`` URI as it is, a relative reference (see
+    :func:`relative_uri`) from the catalogue ``directory``.  With ``readable``, a file outside
+    every readable directory is refused (PermissionError), as tiled refuses ``file://`` assets."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        path = Path(parsed.path)
+    elif not parsed.scheme and not parsed.netloc:
+        if directory is None:
+            raise ValueError(f"asset {uri!r} is relative to a catalogue directory; none given")
+        path = Path(directory) / unquote(parsed.path)
+    else:
+        raise ValueError(f"asset {uri!r}: neither a file:// URI nor a relative path")
+    path = Path(os.path.realpath(path))
+    if readable is not None and not any(path.is_relative_to(os.path.realpath(r)) for r in readable):
+        raise PermissionError(f"refusing to read {path}: outside the catalogue's readable directories")
+    return path
+
+
+def _slice_points(text: str | None) -> tuple[int, int]:
+    """A frames data source's ``slice`` parameter ``"a:b"`` (the file's points a to b - 1) as (a, b)."""
+    try:
+        start, stop = (int(v) for v in str(text).split(":"))
+    except ValueError:
+        raise ValueError(f"slice {text!r}: expected 'first:stop' point numbers") from None
+    return start, stop
+
+
+class _FrameStack:
+    """Frames ``points`` of a frame file, read on demand through acquisition.frames' shared
+    handle on the file (so never a second HDF5 open of it: no SWMR flag mismatch with a
+    reader that already holds it, no stale chunk index while it is written)."""
+
+    def __init__(self, path: Path, points: range, shape: tuple[int, ...], dtype):
+        self.path, self.points, self.shape, self.dtype = path, points, tuple(shape), np.dtype(dtype)
+        self.ndim = len(self.shape)
+
+    def _read(self, rows) -> np.ndarray:
+        handler = HDF5FrameHandler(str(self.path))
+        try:
+            return np.stack([handler(self.points[i]) for i in rows]) if len(rows) else \
+                np.empty((0, *self.shape[1:]), self.dtype)
+        finally:
+            handler.close()  # never left open: a later h5py.File(..., swmr=True) must not collide
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        if key and isinstance(key[0], (int, np.integer, slice)):
+            rows, rest = np.arange(len(self.points))[key[0]], key[1:]
+            frames = self._read(np.atleast_1d(rows))
+            return frames[0][rest] if np.ndim(rows) == 0 else frames[(slice(None), *rest)]
+        return self._read(range(len(self.points)))[key]
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self[...], dtype)
+
+
+class _DerivedImage:
+    """A derived image, read on demand through acquisition.frames' DerivedImageHandler."""
+
+    def __init__(self, path: Path, name: str, shape: tuple[int, ...], dtype):
+        self.path, self.name, self.shape, self.dtype = path, name, tuple(shape), np.dtype(dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key):
+        handler = DerivedImageHandler(str(self.path))
+        try:
+            return np.asarray(handler(self.name)).reshape(self.shape)[key]
+        finally:
+            handler.close()
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self[...], dtype)
+
+
+def _derived_name(dataset: str) -> str:
+    """The image name of a derived file's dataset (``DERIVED_DATASET``)."""
+    head, _, tail = DERIVED_DATASET.partition("{name}")
+    if not (dataset.startswith(head) and dataset.endswith(tail)) or len(dataset) <= len(head + tail):
+        raise ValueError(f"dataset {dataset!r}: not a derived image ({DERIVED_DATASET})")
+    return dataset[len(head):len(dataset) - len(tail)]
+
+
+@functools.cache
+def _adapter_classes() -> dict[str, type]:
+    """The tiled adapters of our two mimetypes (tiled's ArrayAdapter over :class:`_FrameStack`
+    and :class:`_DerivedImage`), unbound: absolute ``file://`` assets only, no readable check
+    (the writer validates its own files with them)."""
+    from tiled.adapters.array import ArrayAdapter
+    from tiled.structures.array import ArrayStructure, BuiltinDtype
+
+    class _Adapter(ArrayAdapter):
+        directory: Path | None = None  # bound by _bound_adapters: the catalogue directory
+        readable: list[Path] | None = None  # and its readable directories
+
+        @classmethod
+        def _array(cls, path: Path, structure, dataset=None, slice=None):
+            raise NotImplementedError
+
+        @classmethod
+        def from_catalog(cls, data_source, node, /, dataset=None, slice=None, squeeze=False, **_):
+            (uri,) = [a.data_uri for a in data_source.assets if a.parameter == "data_uris"] or \
+                [data_source.assets[0].data_uri]
+            path = asset_path(uri, cls.directory, cls.readable)
+            array = cls._array(path, data_source.structure, dataset, slice)
+            return cls(array, data_source.structure, metadata=dict(node.metadata_ or {}),
+                       specs=list(node.specs or []))
+
+        @classmethod
+        def from_uris(cls, *uris, dataset=None, slice=None, squeeze=False, **_):
+            """The adapter of a file as it is (bluesky's consolidator validates with it)."""
+            (uri,) = uris
+            path = asset_path(uri, cls.directory, cls.readable)
+            array = cls._array(path, None, dataset, slice)
+            chunks = tuple(((1,) * n if axis == 0 and isinstance(array, _FrameStack) else (n,))
+                           for axis, n in enumerate(array.shape))
+            structure = ArrayStructure(data_type=BuiltinDtype.from_numpy_dtype(array.dtype),
+                                       shape=array.shape, chunks=chunks)
+            return cls(array, structure)
+
+        def read(self, *args, **kwargs):
+            return np.asarray(super().read(*args, **kwargs))
+
+        def read_block(self, *args, **kwargs):
+            return np.asarray(super().read_block(*args, **kwargs))
+
+    class FramesAdapter(_Adapter):
+        """Raw frames of a catalogue run: points ``slice`` of an ``AD_HDF5`` file."""
+
+        @classmethod
+        def _array(cls, path, structure, dataset=None, slice=None):
+            if dataset not in (None, FRAME_DATASET, "/" + FRAME_DATASET):
+                raise ValueError(f"dataset {dataset!r}: frames are in /{FRAME_DATASET}")
+            start, stop = _slice_points(slice)
+            if structure is not None:
+                return _FrameStack(path, range(start, stop), structure.shape,
+                                   structure.data_type.to_numpy_dtype())
+            handler = HDF5FrameHandler(str(path))  # the file as it is: read the first frame
+            try:
+                frame = np.asarray(handler(start))
+            finally:
+                handler.close()
+            return _FrameStack(path, range(start, stop), (stop - start, *frame.shape), frame.dtype)
+
+    class DerivedAdapter(_Adapter):
+        """A derived image of a catalogue run: ``dataset`` of a ``TL_DERIVED_HDF5`` file."""
+
+        @classmethod
+        def _array(cls, path, structure, dataset=None, slice=None):
+            name = _derived_name(str(dataset).strip("/"))
+            if structure is not None:
+                return _DerivedImage(path, name, structure.shape, structure.data_type.to_numpy_dtype())
+            handler = DerivedImageHandler(str(path))  # the file as it is
+            try:
+                image = np.asarray(handler(name))
+            finally:
+                handler.close()
+            return _DerivedImage(path, name, image.shape, image.dtype)
+
+    return {FRAMES_MIMETYPE: FramesAdapter, DERIVED_MIMETYPE: DerivedAdapter}
+
+
+def _bound_adapters(directory: Path, readable: list[Path]) -> dict[str, type]:
+    """The adapters of one catalogue: our two mimetypes, relative assets resolved from
+    ``directory`` and refused outside ``readable``; and tiled's SQL table adapter reading a
+    table in the catalogue's own ``TABLES_DB`` wherever the catalogue was when it was written."""
+    from tiled.adapters.sql import SQLAdapter
+    from tiled.storage import parse_storage
+
+    bound = {mimetype: type(cls.__name__, (cls,), {"directory": directory, "readable": readable})
+             for mimetype, cls in _adapter_classes().items()}
+    tables = parse_storage(_storage(directory)[1][1]).uri
+
+    class Tables(SQLAdapter):
+        @classmethod
+        def from_catalog(cls, data_source, node, /, **kwargs):
+            first, *others = data_source.assets
+            if first.data_uri != tables and urlparse(first.data_uri).path.endswith("/" + TABLES_DB):
+                # a pydantic model in the server: a copy with the catalogue's own tables
+                data_source = data_source.model_copy(update={
+                    "assets": [first.model_copy(update={"data_uri": tables}), *others]})
+            return super().from_catalog(data_source, node, **kwargs)
+
+    return {**bound, TABLE_MIMETYPE: Tables}
+
+
+def served_catalogue(directory: str | Path, readable: Iterable[str | Path] = (), *,
+                     init_if_not_exists: bool = False):
+    """tiled's catalogue adapter (``tiled.catalog.from_uri``) of the catalogue in ``directory``,
+    with our adapters, reading frame files under ``readable``: what :func:`open_catalogue`
+    serves in process, and ``tiled serve config DIR/tiled.yml`` behind a server."""
+    from tiled.catalog import from_uri as catalog_from_uri
+
+    directory = Path(directory).resolve()
+    readable = [Path(p).resolve() for p in readable]
+    database, writable = _storage(directory)
+    return catalog_from_uri(database, writable_storage=writable, init_if_not_exists=init_if_not_exists,
+                            readable_storage=[str(p) for p in readable],
+                            adapters_by_mimetype=_bound_adapters(directory, readable))
+
+
+def write_server_config(directory: str | Path, readable: Iterable[str | Path] = ()) -> Path:
+    """Write ``DIR/tiled.yml``: a tiled server configuration serving :func:`served_catalogue`
+    of ``directory`` and ``readable`` (absolute paths, rewritten at every open, so a moved
+    catalogue serves its new place once opened there)."""
+    import yaml
+
+    directory = Path(directory).resolve()
+    config = {"trees": [{"path": "/", "tree": f"{__name__}:served_catalogue",
+                         "args": {"directory": str(directory),
+                                  "readable": [str(Path(p).resolve()) for p in readable]}}]}
+    path = directory / SERVER_CONFIG
+    descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=".tiled-", suffix=".yml")
+    try:
+        with os.fdopen(descriptor, "w") as f:
+            f.write("# written by acquisition.catalogue.open_catalogue; serve with "
+                    "`tiled serve config` (docs/catalogue.md)\n")
+            yaml.safe_dump(config, f, sort_keys=False)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+_DIRECTORIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""The catalogue directory of each in-process client's context (see :func:`catalogue_writer`)."""
 
 
 def _initialise(database: str) -> None:
@@ -125,9 +385,13 @@ def open_catalogue(directory: str | Path, *, readable: Iterable[str | Path] = ()
 
     ``readable``: directories of the frame files the runs reference (the detector's write
     path, the processor's output); a file elsewhere is catalogued but refused when read.
-    Close with ``client.context.close()``."""
+    Close with ``client.context.close()``.
+
+    Frames and derived images are catalogued by paths relative to ``directory`` and read
+    through acquisition.frames' handlers (docs/catalogue.md), so the directory moved or copied
+    together with the run folder opens at its new place (given the new ``readable``).  Also
+    writes ``directory/tiled.yml``, the configuration of a tiled server on the same catalogue."""
     _quiet_tiled()
-    from tiled.catalog import from_uri as catalog_from_uri
     from tiled.client import Context, from_context
     from tiled.server.app import build_app
 
@@ -136,31 +400,27 @@ def open_catalogue(directory: str | Path, *, readable: Iterable[str | Path] = ()
     (directory / DATA_DIR).mkdir(parents=True, exist_ok=True)
     with closing(sqlite3.connect(directory / TABLES_DB)) as tables:  # readers never block the writer
         tables.execute("PRAGMA journal_mode=WAL")
-    database, writable = _storage(directory)
+    database, _ = _storage(directory)
     try:
         _initialise(database)
         init = False
     except ImportError:  # tiled moved its internals: let it initialise in a subprocess
         init = True
-    catalog = catalog_from_uri(database, writable_storage=writable, init_if_not_exists=init,
-                               readable_storage=[str(Path(p).resolve()) for p in readable])
+    readable = list(readable)
+    catalog = served_catalogue(directory, readable, init_if_not_exists=init)
+    write_server_config(directory, readable)
     context = Context.from_app(build_app(catalog))
+    _DIRECTORIES[context] = directory
     return from_context(context)
 
 
-def server_command(directory: str | Path, *, readable: Iterable[str | Path] = (),
-                   host: str = "127.0.0.1", port: int = 8000) -> list[str]:
-    """The command line of a tiled server on the catalogue in ``directory`` (already opened
-    once by :func:`open_catalogue`), reading frames from ``readable``.  It holds no API
-    key: run it with ``env=server_environment(key)``."""
-    directory = Path(directory).resolve()
-    database, writable = _storage(directory)
-    command = [sys.executable, "-m", "tiled", "serve", "catalog", database]
-    for location in writable:
-        command += ["-w", location]
-    for location in readable:
-        command += ["-r", str(Path(location).resolve())]
-    return command + ["--host", host, "--port", str(port)]
+def server_command(directory: str | Path, *, host: str = "127.0.0.1", port: int = 8000) -> list[str]:
+    """The command line of a tiled server on the catalogue in ``directory``, as configured by
+    the last :func:`open_catalogue` there (``directory/tiled.yml``: the readable directories
+    and our adapters).  It holds no API key: run it with ``env=server_environment(key)``."""
+    config = Path(directory).resolve() / SERVER_CONFIG
+    return [sys.executable, "-m", "tiled", "serve", "config", str(config),
+            "--host", host, "--port", str(port)]
 
 
 def server_environment(api_key: str, base: dict | None = None) -> dict[str, str]:
@@ -358,7 +618,9 @@ def catalogue_writer(client, *, backup_directory: str | Path | None = None):
     frame a point: every stream of a projection.  A stream whose frames interleave with
     another's in the file (a mosaic's tiles) cannot be a slice and keeps no image array
     (a warning says so); its events are still in the table.  Derived images of spec
-    ``TL_DERIVED_HDF5`` become the ``images`` stream's arrays.
+    ``TL_DERIVED_HDF5`` become the ``images`` stream's arrays.  Into an in-process catalogue
+    their files are registered by paths relative to its directory; through a server, by
+    absolute ``file://`` URIs (the writer does not know the server's directory).
 
     A document the catalogue refuses never fails the scan: the error is logged, and with
     ``backup_directory`` the whole run is written there as JSON lines instead."""
@@ -375,7 +637,9 @@ def catalogue_writer(client, *, backup_directory: str | Path | None = None):
 
                     backup = None if backup_directory is None else str(backup_directory)
                     target = client.wait() if isinstance(client, BackgroundCatalogue) else client
-                    writer = TiledWriter(target, normalizer=frame_normalizer_class(), batch_size=1,
+                    normalizer = functools.partial(frame_normalizer_class(),
+                                                   relative_to=catalogue_directory(target))
+                    writer = TiledWriter(target, normalizer=normalizer, batch_size=1,
                                          backup_directory=backup)
                 writer(name, doc)
             except Exception as err:
@@ -387,6 +651,15 @@ def catalogue_writer(client, *, backup_directory: str | Path | None = None):
                 failing = True
 
     return write
+
+
+def catalogue_directory(client) -> Path | None:
+    """The directory of the catalogue behind an in-process client (:func:`open_catalogue`),
+    None for one behind a server (its directory is the server's)."""
+    try:
+        return _DIRECTORIES.get(client.context)
+    except (AttributeError, TypeError):
+        return None
 
 
 def _path(resource: dict) -> Path:
@@ -419,12 +692,18 @@ def frame_normalizer_class() -> type:
         ``TL_DERIVED_HDF5`` datums name their image: the name becomes the HDF5 dataset, whose
         dtype (float32, labels int32) and chunks, which the processor's descriptor does not
         give, are read from the (finished) file and put into the descriptor; a file not yet
-        readable is checked by bluesky at the stop document instead (``_validate``)."""
+        readable is checked by bluesky at the stop document instead (``_validate``).
 
-        SPECS = {"AD_HDF5": "application/x-hdf5", "TL_DERIVED_HDF5": "application/x-hdf5"}
+        Both get our mimetypes (read by :func:`_adapter_classes`' adapters, through
+        acquisition.frames' handlers) and, with ``relative_to`` (the catalogue directory),
+        the parameter that makes :class:`_RelativeConsolidator` register their files by
+        relative paths."""
 
-        def __init__(self, patches=None, spec_to_mimetype=None):
+        SPECS = {"AD_HDF5": FRAMES_MIMETYPE, "TL_DERIVED_HDF5": DERIVED_MIMETYPE}
+
+        def __init__(self, patches=None, spec_to_mimetype=None, relative_to: str | Path | None = None):
             super().__init__(patches=patches, spec_to_mimetype={**self.SPECS, **(spec_to_mimetype or {})})
+            self._relative = {} if relative_to is None else {RELATIVE_TO: str(relative_to)}
             self._frame_resources: dict[str, dict] = {}
             self._frame_datums: dict[str, tuple[str, int]] = {}
             self._derived_resources: dict[str, dict] = {}
@@ -457,13 +736,14 @@ def frame_normalizer_class() -> type:
         def _derived_image(self, resource: dict, name: str) -> dict:
             """StreamResource parameters of a derived image; remembers its dtype."""
             dataset = DERIVED_DATASET.format(name=name)
-            try:
-                with h5py.File(_path(resource), "r") as f:
+            try:  # acquisition.frames' opener: no SWMR flag mismatch with a reader holding it
+                with _open_hdf5(str(_path(resource))) as f:
                     data = f[dataset]
                     self._derived_dtypes[name] = data.dtype.str
-                    return {"dataset": dataset, "chunk_shape": list(data.chunks or data.shape)}
+                    # one chunk an image: the adapter reads whole images
+                    return {"dataset": dataset, "chunk_shape": list(data.shape), **self._relative}
             except (OSError, KeyError):
-                return {"dataset": dataset, "_validate": True}
+                return {"dataset": dataset, "_validate": True, **self._relative}
 
         def descriptor(self, doc):
             self._descriptors[doc["uid"]] = doc
@@ -515,12 +795,12 @@ def frame_normalizer_class() -> type:
                 return
             path = _path(resource)
             parameters = {"dataset": FRAME_DATASET, "slice": f"{points[0]}:{points[0] + n}",
-                          "swmr": True, "join_method": "stack", "chunk_shape": [1]}
+                          "join_method": "stack", "chunk_shape": [1], **self._relative}
             if "dtype_numpy" not in data_keys.get(key, {}):
                 parameters["_validate"] = True
             uid = f"{resource['uid']}-{stream}-{key}"
             self.emit(DocumentNames.stream_resource, {
-                "uid": uid, "data_key": key, "mimetype": "application/x-hdf5",
+                "uid": uid, "data_key": key, "mimetype": FRAMES_MIMETYPE,
                 "uri": "file://localhost" + path.as_posix(), "parameters": parameters})
             runs, first = [], 0  # [(first index, last index + 1)] of consecutive seq_nums
             for i in range(1, n + 1):
@@ -534,4 +814,49 @@ def frame_normalizer_class() -> type:
                     "seq_nums": {"start": frames[start][0], "stop": frames[start][0] + stop - start}})
 
     FrameNormalizer.__qualname__ = "FrameNormalizer"
+    _register_consolidator()
     return FrameNormalizer
+
+
+RELATIVE_TO = "_relative_to"
+"""StreamResource parameter: the catalogue directory the files' assets are relative to
+(the writer's only: not among the data source's parameters)."""
+
+
+def _register_consolidator() -> None:
+    """Register :class:`_RelativeConsolidator` for our mimetypes in bluesky's consolidator registry."""
+    from bluesky import consolidators
+    from bluesky.consolidators import HDF5Consolidator
+
+    class _RelativeConsolidator(HDF5Consolidator):
+        """bluesky's HDF5 consolidator for our mimetypes: the data source's assets are relative
+        to the catalogue directory (``RELATIVE_TO``), and the writer validates the files
+        (absolute) with our adapters, through acquisition.frames' handlers."""
+
+        supported_mimetypes = frozenset({FRAMES_MIMETYPE, DERIVED_MIMETYPE})
+
+        def adapter_parameters(self) -> dict:
+            parameters = super().adapter_parameters()
+            parameters.pop("swmr", None)  # acquisition.frames decides how a file is opened
+            return parameters
+
+        def get_data_source(self):
+            source = super().get_data_source()
+            base = self._sres_parameters.get(RELATIVE_TO)
+            if base is None:
+                return source
+            return dataclasses.replace(source, assets=[
+                dataclasses.replace(asset, data_uri=relative_uri(asset.data_uri, base))
+                for asset in source.assets])
+
+        def get_adapter(self, adapters_by_mimetype=None):
+            """Our adapter on the files as written (absolute paths)."""
+            node = type("Node", (), {"metadata_": {}, "specs": []})
+            absolute = HDF5Consolidator.get_data_source(self)
+            return _adapter_classes()[self.mimetype].from_catalog(absolute, node, **self.adapter_parameters())
+
+        def validate(self, adapters_by_mimetype=None, fix_errors=False):
+            return super().validate({**_adapter_classes(), **(adapters_by_mimetype or {})}, fix_errors)
+
+    for mimetype in _RelativeConsolidator.supported_mimetypes:
+        consolidators.CONSOLIDATOR_REGISTRY[mimetype] = _RelativeConsolidator

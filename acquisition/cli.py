@@ -266,8 +266,7 @@ def _serve_catalogue(args) -> int:
     print(f"serving {args.directory} at {url}; API key: {source}; from Python:\n"
           f"  from acquisition.catalogue import connect_catalogue, find_runs\n"
           f"  catalogue = {connect}", flush=True)
-    server = subprocess.Popen(server_command(args.directory, readable=args.readable, host=args.host,
-                                             port=args.port),
+    server = subprocess.Popen(server_command(args.directory, host=args.host, port=args.port),  # tiled.yml
                               env=server_environment(key), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, errors="replace")
     try:
@@ -371,7 +370,8 @@ def _remote(args) -> int:
 
 def _reconstruct(runs: list[str], out: str, *, debug: bool = False) -> int:
     """Reconstruct each run; a broken one is named (one line, or its traceback with
-    ``debug``) and the others still run."""
+    ``debug``) and the others still run.  The closing line says where the results are
+    only when every run succeeded."""
     from .reconstruct import reconstruct_run
 
     failures = 0
@@ -379,13 +379,22 @@ def _reconstruct(runs: list[str], out: str, *, debug: bool = False) -> int:
         try:
             rows = reconstruct_run(run, out)
         except (OSError, ValueError) as err:
-            _report(err, debug)
+            if debug or run in str(err):
+                _report(err, debug)
+            else:  # e.g. a frame file: say which run needed it
+                print(f"talbot-lau: {_one_line(err)} (reconstructing {run})", file=sys.stderr, flush=True)
             failures += 1
             continue
         summary = ", ".join(f"{r['texture']} {r['ratio']:.2f}" for r in rows) or "no clusters"
         print(f"{run}: {len(rows)} clusters ({summary})")
+    if failures:
+        done = len(runs) - failures
+        if done:
+            print(f"talbot-lau: {failures} of {len(runs)} runs failed; the derived files of the "
+                  f"other {done} are in {out}", file=sys.stderr, flush=True)
+        return 1
     print(f"derived images and reports in {out}")
-    return 1 if failures else 0
+    return 0
 
 
 if __name__ == "__main__":

@@ -41,8 +41,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-# the light modules of the physics engine (dataclasses, numpy): spekpy and xraydb, which
-# take seconds to import, are imported by the checks that need them, when a file is loaded
+# the frame file's compressions, and the light modules of the physics engine (dataclasses,
+# numpy): spekpy and xraydb, which take seconds to import, are imported by the checks that
+# need them, when a file is loaded
+from simulators.frame_file import COMPRESSIONS
 from simulators.physics.phantom import TEXTURES, PhantomSpec
 from simulators.physics.setup import (
     Detector,
@@ -139,13 +141,22 @@ class ProcessingConfig:
 
 
 @dataclass(frozen=True)
+class DetectorConfig(Detector):
+    """instrument.yaml's detector: the panel (the physics engine's Detector) and how the
+    HDF5 plugin stores its frames, ``compression`` "None", "zlib" or "bslz4"
+    (``simulators.frame_file``; NDFileHDF5's Compression)."""
+
+    compression: str = "None"
+
+
+@dataclass(frozen=True)
 class InstrumentConfig:
     """configs/instrument.yaml."""
 
     geometry: Geometry = field(default_factory=Geometry)
     gratings: Gratings = field(default_factory=Gratings)
     source: Source = field(default_factory=Source)
-    detector: Detector = field(default_factory=Detector)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
     tube: TubeConfig = field(default_factory=TubeConfig)
     g2: PiezoConfig = field(default_factory=PiezoConfig)
     stage: StageConfig = field(default_factory=StageConfig)
@@ -203,7 +214,7 @@ def load_config(
     sim_data = _parse(simulation_text, simulation_path)
     inst = build(InstrumentConfig, inst_data, inst_where)
     sim = build(SimulationConfig, sim_data, sim_where)
-    detector = _override(inst.detector, sim.detector, sim_where)
+    detector = _override(_panel(inst.detector), sim.detector, sim_where)
     _complete(inst_data, _template("instrument.yaml"), inst_where)
     _complete(sim_data, _template("simulation.yaml"), sim_where)
     setup = Setup(
@@ -312,6 +323,11 @@ def build(cls: type, data: Any, where: str, prefix: str = ""):
             )
         values[key] = _convert(hints[key], value, where, f"{prefix}{key}")
     return cls(**values)
+
+
+def _panel(detector: DetectorConfig) -> Detector:
+    """The physics engine's Detector of instrument.yaml's detector section."""
+    return Detector(**{f.name: getattr(detector, f.name) for f in dataclasses.fields(Detector)})
 
 
 def _override(base, changes: dict, where: str):
@@ -506,6 +522,9 @@ def _check_instrument(inst: InstrumentConfig, where: str) -> None:
                  f"{material!r} is not a spekpy material (e.g. Al, Be, Si, Cu, Mo, Rh)")
         _in_range(thickness, "[0, 100]", where, f"source.filtration[{i}][1]", "mm")
     _check_ranges(inst.detector, DETECTOR_RANGES, where, "detector.")
+    _require(inst.detector.compression in COMPRESSIONS, where, "detector.compression",
+             f"{_short(inst.detector.compression)} is not a compression the detector writes "
+             f"(one of {', '.join(COMPRESSIONS)})")
     tube = inst.tube
     kv_top = 500.0 if source.target == "W" else SPECTRUM_KV[1]
     _require(tube.kv_max <= kv_top, where, "tube.kv_max",

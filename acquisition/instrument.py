@@ -13,7 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import Config, load_config
+from .config import Config, default_config_dir, load_config
+
+ATTRIBUTES_FILE = "paxscan_attributes.xml"
+"""The detector IOC's NDAttributes file among the embedded configs (ADCore's XML)."""
+
+
+def embedded_attributes_file() -> Path:
+    """The embedded NDAttributes file: which readbacks each frame file stores per frame."""
+    return default_config_dir() / ATTRIBUTES_FILE
 
 
 @dataclass
@@ -93,6 +101,8 @@ def simulated_instrument(
     )
     for signal, value in ((twins.tube.kv, inst.tube.kv), (twins.tube.ma, inst.tube.ma)):
         signal.set(value).wait(timeout=5)
+    twins.detector.hdf1.compression.put(inst.detector.compression)
+    twins.detector.cam.nd_attributes_file.put(str(embedded_attributes_file()))
     return Instrument(
         tube=twins.tube, g2=twins.g2, stage=twins.stage, detector=twins.detector,
         config=config, world=twins.world,
@@ -112,12 +122,15 @@ def _unconnected_pvs(device) -> list[str]:
 def epics_instrument(
     config: Config | None = None, *, prefix: str | None = None,
     write_path: str | Path | None = None, connect_timeout_s: float = 10.0,
+    attributes_file: str | Path | None = None,
 ) -> Instrument:
     """The instrument's ``devices/`` classes over Channel Access, connected.
 
     PVs under ``prefix`` (default ``epics.prefix`` of the config): ``g2``, ``stage:x``,
     ``stage:y``, ``tube:``, ``det:cam1:``, ``det:HDF1:``, ``det:Stats1:``; ``write_path`` (default
-    ``epics.write_path``) is the detector IOC's file directory.  Raises
+    ``epics.write_path``) is the detector IOC's file directory; ``attributes_file`` (default
+    the embedded one, right for an IOC on this host) the NDAttributes file as the IOC's host
+    sees it; frames are compressed as ``detector.compression`` says.  Raises
     :class:`InstrumentNotConnected` naming the missing PVs; nothing is written to a PV.
     """
     import devices
@@ -125,6 +138,7 @@ def epics_instrument(
     config = config or load_config()
     inst = config.instrument
     prefix = inst.epics.prefix if prefix is None else prefix
+    attributes = embedded_attributes_file() if attributes_file is None else attributes_file
     if not isinstance(prefix, str) or not prefix:
         raise ValueError(f"prefix must be a non-empty string, got {prefix!r}")
     # labels as the twins have them: bluesky's %wa lists "motors", %ct counts "detectors"
@@ -135,7 +149,9 @@ def epics_instrument(
         "stage": lambda: devices.SampleStage(prefix, name="stage", labels={"motors"}),
         # ophyd's HDF5 file-store mixin connects one PV while it is built
         "detector": lambda: devices.PaxScanDetector(prefix, name="detector", labels={"detectors"},
-                                                    write_path=write_path or inst.epics.write_path),
+                                                    write_path=write_path or inst.epics.write_path,
+                                                    compression=inst.detector.compression,
+                                                    attributes_file=attributes),
     }
     built, missing = {}, []
     deadline = time.monotonic() + connect_timeout_s  # channels connect in parallel

@@ -13,6 +13,11 @@ classifies the calcification clusters (paper Table 1), writes the derived images
 the same directory) and publishes a derived run of its own (``event_model.compose_run``,
 linked by ``parent_uid``) to ``publish(name, doc)``.
 
+A mosaic stays bounded: each reference set is fitted once for all the tiles taken with
+it (:class:`acquisition.projection.ReferenceFits`), and of each tile only what the stitch
+needs is kept, float32 T, V and dphi (:func:`acquisition.projection.mosaic_tile`; 35 MB a
+full tile, 0.57 GB for 16), until the mosaic is stitched at the run's stop.
+
 Nothing of this reaches the scan: a frame that cannot be read, a set without beam, a
 failed retrieval, classification or write ends the derived run with exit_status "fail"
 and the reason in its stop document; an exception while taking notes is logged and
@@ -41,9 +46,11 @@ from .derived_store import IMAGES, derived_name, write_derived
 from .frames import FrameLoader, frame_ref, image_key
 from .projection import (
     ProjectionFrames,
+    ReferenceFits,
     SetAssembler,
-    analyse_mosaic,
-    analyse_projection,
+    analyse_tiles,
+    classify_image,
+    mosaic_tile,
     shutter_open,
 )
 from .run_record import record_name
@@ -322,7 +329,8 @@ class ProjectionProcessor(event_model.DocumentRouter):
         self.g2_key = doc.get("motors", ["g2"])[0]
         self.mosaic = doc.get("mosaic")
         self.sets = SetAssembler.from_start(stepping)
-        self.retrievals: dict[int, object] = {}  # mosaic tile -> Retrieval, for the stitch
+        self.references = ReferenceFits()  # each reference set fitted once
+        self.tiles: dict = {}  # mosaic tile -> reconstruction.Tile (float32 T, V, dphi), for the stitch
         self.published = 0  # derived runs handed to the worker
 
     def descriptor(self, doc):
@@ -351,6 +359,7 @@ class ProjectionProcessor(event_model.DocumentRouter):
         self._submit(self.sets.finish())
         if self.mosaic:  # the worker runs jobs in order: after the last tile's
             self.submit(self._stitch_and_publish)
+        self.submit(self.references.clear)
         if self.failure:
             self._report_failure()
 
@@ -383,26 +392,27 @@ class ProjectionProcessor(event_model.DocumentRouter):
 
         def analyse():
             with FrameLoader() as loader:  # the frames are read here, in the worker
-                loaded = frames.load(loader)
-            analysis = analyse_projection(loaded, self.period_um, self.correction)
+                retrieval = self.references.retrieve(frames, loader, self.period_um)
+            analysis = classify_image(retrieval, self.correction)
             if self.mosaic:
-                self.retrievals[tile] = analysis.retrieval
+                self.tiles[tile] = mosaic_tile(retrieval, self.mosaic, tile)
             return analysis, derived_name(self.parent_uid, tile if self.mosaic else None)
 
-        self._derived_run(metadata, analyse)
+        self._derived_run(metadata, analyse, tile=tile if self.mosaic else None, frames=frames)
 
     def _stitch_and_publish(self) -> None:
-        """The whole mosaic: stitched from the tiles retrieved so far, then classified."""
-        if not self.retrievals:
+        """The whole mosaic: stitched from the tiles retrieved so far, then classified; the
+        tiles are let go once stitched."""
+        if not self.tiles:
             return
+        tiles, self.tiles = self.tiles, {}
         metadata = self._metadata("darkfield_mosaic_stitch")
-        metadata["tiles"] = sorted(self.retrievals)
+        metadata["tiles"] = sorted(tiles)
         self._derived_run(metadata, lambda: (
-            analyse_mosaic(self.retrievals, self.mosaic,
-                           self.start_doc["detector_pixel"]["sample_pixel_mm"], self.correction),
-            derived_name(self.parent_uid)))
+            analyse_tiles(tiles, self.start_doc["detector_pixel"]["sample_pixel_mm"], self.correction),
+            derived_name(self.parent_uid)), tiles=sorted(tiles))
 
-    def _derived_run(self, metadata: dict, analyse) -> None:
+    def _derived_run(self, metadata: dict, analyse, **context) -> None:
         """Publish one derived run around ``analyse() -> (analysis, file name)``."""
         run = event_model.compose_run(metadata=metadata)
         self.publish("start", run.start_doc)
@@ -412,7 +422,8 @@ class ProjectionProcessor(event_model.DocumentRouter):
             try:
                 write_derived(path, analysis.retrieval, analysis.labels, analysis.clusters,
                               self.parent_uid, run_record=self.out_dir / record_name(self.parent_uid),
-                              tissue_calibration=calibration_record(self.calibration))
+                              tissue_calibration=calibration_record(self.calibration),
+                              start=self.start_doc, **context)
             except Exception:
                 with contextlib.suppress(OSError):  # no empty or truncated derived file left
                     path.unlink(missing_ok=True)

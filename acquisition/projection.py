@@ -20,6 +20,10 @@ refused with :class:`NoBeamError`, whose message names the set and the frame:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +43,8 @@ from reconstruction import (
     retrieve,
     stitch,
 )
+
+from .frames import FrameRef
 
 BEAM_FRACTION = 0.25
 """A reference or sample frame saw the beam if its mean above the dark level is at least
@@ -145,10 +151,15 @@ class ProjectionFrames:
         return f"{kind} set of tile {self.tile}, step {key + 1} of {len(frames)} ({', '.join(details)})"
 
 
-def check_beam(frames: ProjectionFrames) -> None:
+def check_beam(frames: ProjectionFrames, *, reference: bool = True) -> None:
     """Raise :class:`NoBeamError` if a reference or sample frame did not see the beam or a
-    dark frame did (the rules of the module docstring); frames must be loaded."""
+    dark frame did (the rules of the module docstring); frames must be loaded.  Without
+    ``reference`` the reference set and its darks are not checked (a fitted reference
+    reused from an earlier tile, :class:`ReferenceFits`: they were checked then)."""
+    skipped = () if reference else ("reference", "reference_dark")
     for (kind, key), is_open in sorted(frames.shutter.items()):
+        if kind in skipped:
+            continue
         if kind in ("dark", "reference_dark") and is_open is True:
             raise NoBeamError(f"{frames.describe(kind, key)}: taken with the shutter open")
         if kind not in ("dark", "reference_dark") and is_open is False:
@@ -156,8 +167,8 @@ def check_beam(frames: ProjectionFrames) -> None:
                               "shutter was closed")
     for kind, stepping, dark_frames in (("reference", frames.reference, frames.reference_darks or frames.darks),
                                         ("sample", frames.sample, frames.darks)):
-        if kind == "reference" and not stepping and frames.reference_fit is not None:
-            continue  # a stored reference fit: no reference frames
+        if kind == "reference" and (not reference or not stepping and frames.reference_fit is not None):
+            continue  # a reused or a stored reference fit: no reference frames
         dark_level, noise = _dark_statistics(dark_frames)
         steps = sorted(stepping)
         excess = np.array([float(np.mean(stepping[k][1], dtype=np.float64)) - dark_level for k in steps])
@@ -292,31 +303,123 @@ def reference_fit(frames: ProjectionFrames, period_um: float) -> SteppingFit:
     fit = fit_stepping(stack, x, period_um)
     darks = frames.reference_darks or frames.darks
     a0 = fit.a0 - np.mean(darks, axis=0) if darks else fit.a0
-    if np.issubdtype(stack.dtype, np.unsignedinteger):
-        a0 = np.where(stack.max(axis=0) >= np.iinfo(stack.dtype).max, np.nan, a0)
+    saturated = _saturated(stack)
+    if saturated is not None:
+        a0 = np.where(saturated, np.nan, a0)
     return SteppingFit(a0=a0, a1=fit.a1, phi=fit.phi)
 
 
-def retrieve_projection(frames: ProjectionFrames, period_um: float) -> Retrieval:
+def _saturated(frames) -> np.ndarray | None:
+    """Pixels at the full scale of an unsigned-integer panel (65535 for 16 bit) in any of
+    ``frames`` (a stack or a sequence of 2-D frames); None for float frames (not checked),
+    as :func:`reconstruction.retrieve` does."""
+    frames = list(frames)
+    if not frames or not np.issubdtype(np.asarray(frames[0]).dtype, np.unsignedinteger):
+        return None
+    top = functools.reduce(np.maximum, frames)
+    return top >= np.iinfo(top.dtype).max
+
+
+def retrieve_projection(frames: ProjectionFrames, period_um: float,
+                        fitted_reference: SteppingFit | None = None) -> Retrieval:
     """T, V and dphi of one set, with the measured G2 positions and the mean dark, once
     :func:`check_beam` accepts its frames (loaded arrays).
 
     A reference at another exposure than the sample's, or a stored reference fit, is
     fitted with the darks of its own exposure (:func:`reference_fit`) and its a0 and a1
     are scaled by ``exposure_s / reference_exposure_s`` before the retrieval: the one
-    place, for the live processor and the offline reconstruction alike."""
-    check_beam(frames)
+    place, for the live processor and the offline reconstruction alike.
+    ``fitted_reference``: the reference as an earlier tile's retrieval received it
+    (:class:`ReferenceFits`); the reference frames are then neither checked nor fitted."""
+    check_beam(frames, reference=fitted_reference is None)
     dark = np.mean(frames.darks, axis=0) if frames.darks else None
     smp_x, smp = ProjectionFrames.stack(frames.sample)
     scale = frames.reference_scale
     noise = {} if frames.noise_gain is None else {"noise_gain": frames.noise_gain,
                                                   "read_noise": frames.read_noise}
+    if fitted_reference is not None:
+        return retrieve(smp, fitted_reference, dark, steps=smp_x, period=period_um, **noise)
     if frames.reference_fit is None and scale == 1.0:
         ref_x, ref = ProjectionFrames.stack(frames.reference)
         return retrieve(smp, ref, dark, steps=smp_x, reference_steps=ref_x, period=period_um, **noise)
     fit = reference_fit(frames, period_um)
     scaled = SteppingFit(a0=np.asarray(fit.a0) * scale, a1=np.asarray(fit.a1) * scale, phi=fit.phi)
     return retrieve(smp, scaled, dark, steps=smp_x, period=period_um, **noise)
+
+
+class ReferenceFits:
+    """Each reference set fitted once, for every tile taken with it (a mosaic's tiles
+    share the reference until ``reference_every`` or a phase drift refreshes it).
+
+    A set is known by its frames' identity (:class:`acquisition.frames.FrameRef`: file and
+    point) with their G2 positions (um), the darks subtracted from it, the stored fit's
+    path, the exposures (s), the noise model and the period (um): a refreshed reference or
+    new darks give a new fit; frames given as arrays have no identity and are fitted every
+    time.  Kept is the reference exactly as :func:`reconstruction.retrieve` received it
+    (``Retrieval.reference_fit``: dark subtracted, scaled to the sample's exposure) with
+    the pixels saturated in a raw reference marked a1 = NaN, which ``retrieve`` marks
+    invalid as it does a saturated reference: a reused fit gives the same numbers, to the
+    bit, as fitting again.  The ``keep`` latest fits are kept (a full frame's: 47 MB)."""
+
+    def __init__(self, keep: int = 2):
+        if not isinstance(keep, int) or keep < 0:
+            raise ValueError(f"keep={keep!r}: must be a whole number >= 0 (0: never reuse)")
+        self.keep = keep
+        self._fits: OrderedDict[tuple, SteppingFit] = OrderedDict()
+        self.fitted = 0  # reference sets fitted
+        self.reused = 0  # tiles that reused a fit
+
+    @staticmethod
+    def key(frames: ProjectionFrames, period_um: float) -> tuple | None:
+        """The identity of ``frames``' reference set (unloaded frames), or None."""
+        reference = tuple((k, float(x), f) for k, (x, f) in sorted(frames.reference.items()))
+        refs = [f for *_, f in reference] + list(frames.darks) + list(frames.reference_darks)
+        stored = frames.reference_fit
+        if (not all(isinstance(f, FrameRef) for f in refs)
+                or not (stored is None or isinstance(stored, (str, os.PathLike)))):
+            return None
+        return (float(period_um), reference, tuple(frames.darks), tuple(frames.reference_darks),
+                None if stored is None else os.fspath(stored), frames.exposure_s,
+                frames.reference_exposure_s, frames.noise_gain, frames.read_noise)
+
+    def retrieve(self, frames: ProjectionFrames, loader, period_um: float) -> Retrieval:
+        """:func:`retrieve_projection` of ``frames`` (FrameRefs or arrays, read by
+        ``loader``); a known reference set's frames are not read again."""
+        key = self.key(frames, period_um) if self.keep else None
+        fitted = None if key is None else self._fits.get(key)
+        if fitted is not None:
+            self._fits.move_to_end(key)
+            self.reused += 1
+            sample_only = dataclasses.replace(frames, reference={}, reference_darks=[], reference_fit=None)
+            return retrieve_projection(sample_only.load(loader), period_um, fitted)
+        loaded = frames.load(loader)
+        retrieval = retrieve_projection(loaded, period_um)
+        self.fitted += 1
+        if key is not None:
+            self._fits[key] = _as_received(retrieval.reference_fit, loaded)
+            while len(self._fits) > self.keep:
+                self._fits.popitem(last=False)
+        return retrieval
+
+    def clear(self) -> None:
+        self._fits.clear()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the kept fits."""
+        return sum(np.asarray(a).nbytes for fit in self._fits.values() for a in (fit.a0, fit.a1, fit.phi))
+
+
+def _as_received(fit: SteppingFit, frames: ProjectionFrames) -> SteppingFit:
+    """``Retrieval.reference_fit`` of loaded ``frames`` with the pixels that ``retrieve``
+    found saturated in their raw reference (if it had one) set a1 = NaN."""
+    raw = frames.reference_fit is None and frames.reference_scale == 1.0
+    saturated = _saturated(f for _, f in frames.reference.values()) if raw else None
+    if saturated is None or not saturated.any():
+        return fit
+    a1 = np.array(fit.a1, copy=True)
+    a1[saturated] = np.nan
+    return SteppingFit(a0=fit.a0, a1=a1, phi=fit.phi)
 
 
 def classify_image(result, correction: TissueCorrection | None = None) -> ProjectionResult:
@@ -337,11 +440,30 @@ def analyse_projection(frames: ProjectionFrames, period_um: float,
     return classify_image(retrieve_projection(frames, period_um), correction)
 
 
+def mosaic_tile(retrieval: Retrieval, mosaic: dict, tile: int) -> Tile:
+    """What the stitch needs of one retrieved tile: T, V and dphi as float32 (the
+    retrieval's own arrays when they are float32, as from a 16-bit panel: no copy) at the
+    tile's stage position (x_mm, y_mm) from the start document's ``mosaic["tiles"]``.
+    A full 1536 x 1920 tile keeps 35 MB, against 142 MB for its whole Retrieval."""
+    stage = [(t["x_mm"], t["y_mm"]) for t in mosaic["tiles"] if t["tile"] == tile]
+    if not stage:
+        raise ValueError(f"tile {tile!r} is not in the mosaic's tiles "
+                         f"{[t['tile'] for t in mosaic['tiles']]}")
+    return Tile(*(np.asarray(image, np.float32) for image in
+                  (retrieval.transmission, retrieval.dark_field, retrieval.differential_phase)),
+                stage[0])
+
+
+def analyse_tiles(tiles: dict[int, Tile], sample_pixel_mm: float,
+                  correction: TissueCorrection | None = None) -> ProjectionResult:
+    """Stitch tiles (tile index -> :func:`mosaic_tile`) in tile order, then segment and
+    classify the mosaic."""
+    return classify_image(stitch([tiles[k] for k in sorted(tiles)], sample_pixel_mm), correction)
+
+
 def analyse_mosaic(retrievals: dict[int, Retrieval], mosaic: dict, sample_pixel_mm: float,
                    correction: TissueCorrection | None = None) -> ProjectionResult:
     """Stitch retrieved tiles (tile index -> retrieval) at the stage positions of the start
     document's ``mosaic["tiles"]`` (x_mm, y_mm), then segment and classify the mosaic."""
-    stage = {t["tile"]: (t["x_mm"], t["y_mm"]) for t in mosaic["tiles"]}
-    tiles = [Tile(r.transmission, r.dark_field, r.differential_phase, stage[k])
-             for k, r in sorted(retrievals.items())]
-    return classify_image(stitch(tiles, sample_pixel_mm), correction)
+    return analyse_tiles({k: mosaic_tile(r, mosaic, k) for k, r in retrievals.items()},
+                         sample_pixel_mm, correction)

@@ -11,6 +11,11 @@ least-squares solve of all pairwise shifts (the first tile fixed); tiles are the
 at whole pixels and blended with feathered weights (a linear ramp of ``feather_px`` from
 each tile edge): mu = -ln T and eps = -ln V are averaged (the log domain, where tissue
 adds), dphi as a circular mean.  NaN pixels contribute nothing.
+
+Memory: tiles may be float32 (as the live processor keeps them) and are never converted
+whole to float64; the refinement takes -ln T of the overlaps only, and the stitch's peak
+is seven float32 images of the mosaic's size (sums and weights), the means computed in
+their place (a 4 x 4 full-frame mosaic: 5683 x 7104 pixels, 161 MB each).
 """
 
 from __future__ import annotations
@@ -73,6 +78,14 @@ STAGE_PRIOR_WEIGHT = 1e-3
 """Weight of a tile's stage offset against a phase-correlation equation (weight 1)."""
 
 
+def _overlap_mu(tile: Tile, start, top: int, bottom: int, left: int, right: int) -> np.ndarray:
+    """mu = -ln T of the part of ``tile`` (first pixel at ``start``) in a mosaic window: only
+    the overlap is converted, never a whole tile (in the tile's own float type)."""
+    window = tile.transmission[top - start[0]:bottom - start[0], left - start[1]:right - start[1]]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return -np.log(window)
+
+
 def refine_offsets(tiles: list[Tile], offsets: np.ndarray, *, max_shift_px: int = 10,
                    min_overlap_px: int = 16) -> np.ndarray:
     """Offsets corrected by phase correlation of every overlapping pair (tile 0 fixed)."""
@@ -80,8 +93,6 @@ def refine_offsets(tiles: list[Tile], offsets: np.ndarray, *, max_shift_px: int 
     rows, cols = tiles[0].transmission.shape
     start = np.rint(offsets).astype(int)
     equations = []
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mu = [-np.log(t.transmission) for t in tiles]
     for i in range(len(tiles)):
         for j in range(i + 1, len(tiles)):
             top, left = np.maximum(start[i], start[j])
@@ -89,8 +100,8 @@ def refine_offsets(tiles: list[Tile], offsets: np.ndarray, *, max_shift_px: int 
             right = min(start[i][1], start[j][1]) + cols
             if bottom - top < min_overlap_px or right - left < min_overlap_px:
                 continue
-            a = mu[i][top - start[i][0]:bottom - start[i][0], left - start[i][1]:right - start[i][1]]
-            b = mu[j][top - start[j][0]:bottom - start[j][0], left - start[j][1]:right - start[j][1]]
+            a = _overlap_mu(tiles[i], start[i], top, bottom, left, right)
+            b = _overlap_mu(tiles[j], start[j], top, bottom, left, right)
             shift, strength = _shift_between(a, b)
             if np.all(np.abs(shift) <= max_shift_px) and strength > MIN_PEAK:
                 # b's content displaced by +shift: tile j sits shift too far in the mosaic
@@ -153,13 +164,26 @@ def stitch(tiles: list[Tile], pixel_mm: float, *, refine: bool = True, feather_p
                 sums["sin"][window] += np.sin(value) * w
             else:
                 sums[name][window] += value * w
+    # the means replace the sums in place: the peak is the seven float32 accumulators
+    absorption = _weighted_mean(sums.pop("mu"), weights["mu"])
+    scattering = _weighted_mean(sums.pop("eps"), weights.pop("eps"))
+    phase = np.arctan2(sums["sin"], sums["cos"], out=sums["cos"])
+    del sums
+    phase[weights.pop("phase") == 0] = np.nan
+    return Mosaic(_exp_minus(absorption), _exp_minus(scattering), phase, absorption, scattering,
+                  [tuple(map(int, p)) for p in placed], weights["mu"])
+
+
+def _weighted_mean(total: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """total / weight, in place of ``total``; NaN where the weight is 0."""
+    positive = weight > 0
     with np.errstate(divide="ignore", invalid="ignore"):
-        absorption = np.divide(sums["mu"], weights["mu"], out=np.full(total, np.nan, np.float32),
-                               where=weights["mu"] > 0)
-        scattering = np.divide(sums["eps"], weights["eps"], out=np.full(total, np.nan, np.float32),
-                               where=weights["eps"] > 0)
-        phase = np.arctan2(sums["sin"], sums["cos"])
-        phase[weights["phase"] == 0] = np.nan
-    weight_mu = weights["mu"]
-    return Mosaic(np.exp(-absorption), np.exp(-scattering), phase, absorption, scattering,
-                  [tuple(map(int, p)) for p in placed], weight_mu)
+        np.divide(total, weight, out=total, where=positive)
+    total[~positive] = np.nan
+    return total
+
+
+def _exp_minus(values: np.ndarray) -> np.ndarray:
+    """exp(-values) with one new array (T from mu, V from eps)."""
+    out = np.negative(values)
+    return np.exp(out, out=out)

@@ -1,18 +1,22 @@
 """The run catalogue: projections on the twins written by TiledWriter, found by sample id."""
 
+import dataclasses
 import secrets
+import shutil
 import socket
+import sqlite3
 import subprocess
 import time
 
+import h5py
 import numpy as np
 import pytest
 from bluesky import RunEngine
 
 from acquisition.catalogue import (
-    catalogue_writer, connect_catalogue, find_runs, open_catalogue, read_api_key, server_api_key,
-    server_command, server_environment)
-from acquisition.frames import HANDLERS
+    asset_path, catalogue_writer, connect_catalogue, find_runs, open_catalogue, read_api_key,
+    relative_uri, server_api_key, server_command, server_environment)
+from acquisition.frames import HANDLERS, HDF5FrameHandler, open_frame_files
 from acquisition.instrument import simulated_instrument
 from acquisition.plans import darkfield_projection
 from acquisition.processing import darkfield_router
@@ -42,6 +46,11 @@ class Recorder:
         return [e["data"][key] for e in self.events
                 if e["stream"] == stream and e["descriptor"] in self.run_descriptors[run_uid]]
 
+    def file(self, datum_id) -> str:
+        """The file of a datum's resource."""
+        resource = self.resources[self.datums[datum_id]["resource"]]
+        return "/" + resource["resource_path"].lstrip("/")
+
     def frame(self, datum_id):
         """The raw frame of a datum, through the project's one loader."""
         datum = self.datums[datum_id]
@@ -63,16 +72,20 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def catalogued(tmp_path_factory):
     """Two projections (S-17 processed on the fly, S-18) written into a catalogue, which is
-    then closed and reopened; a tiled server on the directory starts meanwhile (~7 s)."""
+    then closed and reopened; a tiled server on the directory starts meanwhile (~7 s).  The
+    detector writes bitshuffle/LZ4-compressed frames, so every read here reads those."""
     root = tmp_path_factory.mktemp("catalogue")
     raw, directory = root / "raw", root / "catalogue"
     readable = [raw, root / "derived"]
     client = open_catalogue(directory, readable=readable)
     port, log = _free_port(), open(root / "server.log", "w")
-    server = subprocess.Popen(server_command(directory, readable=readable, port=port),
+    server = subprocess.Popen(server_command(directory, port=port),
                               env=server_environment(API_KEY), stdout=subprocess.DEVNULL, stderr=log)
     try:
-        instrument = simulated_instrument(small_config(), write_path=raw)
+        config = small_config()
+        config = dataclasses.replace(config, instrument=dataclasses.replace(
+            config.instrument, detector=dataclasses.replace(config.instrument.detector, compression="bslz4")))
+        instrument = simulated_instrument(config, write_path=raw)
         engine = RunEngine({})
         recorder, derived = Recorder(), Recorder()
         engine.subscribe(recorder)
@@ -95,6 +108,7 @@ def catalogued(tmp_path_factory):
         client.context.close()
 
         reopened = open_catalogue(directory, readable=readable)
+        recorder.root = root
         yield reopened, uids, recorder, (server, port)
         reopened.context.close()
     finally:
@@ -129,6 +143,9 @@ def test_primary_stream_keeps_the_recorded_g2_positions(catalogued):
 def test_image_columns_read_back_the_raw_frames(catalogued):
     client, uids, recorder, _ = catalogued
     uid = uids["S-17"]
+    for path in (recorder.root / "raw").glob("*.h5"):  # the catalogue reads compressed frames
+        with h5py.File(path, "r") as f:
+            assert "32008" in f["entry/data/data"]._filters  # bitshuffle (hdf5plugin)
     for stream, count in (("dark", 1), ("reference", 3), ("primary", 3)):
         images = client[uid][stream]["detector_image"].read()
         assert images.shape == (count, 96, 112) and images.dtype == np.uint16
@@ -218,3 +235,96 @@ def test_api_key_from_a_private_file_the_environment_or_fresh(tmp_path, monkeypa
     assert server_api_key(tmp_path, mine)[0] == "fromfile1"
     assert "--api-key" not in server_command(tmp_path)
     assert server_environment("abc123", base={})["TILED_SINGLE_USER_API_KEY"] == "abc123"
+
+
+@pytest.mark.parametrize("holder", ["frames' shared handle", "h5py swmr", "h5py"])
+def test_a_frame_reads_while_its_file_is_open_elsewhere_in_the_process(catalogued, holder):
+    """tiled's HDF5 adapter opened the file anew with swmr=True: OSError (SWMR read access
+    flag not the same) when the process already held it without SWMR, as acquisition.frames'
+    handle does for a finished file.  Our adapter reads through that handle."""
+    client, uids, recorder, _ = catalogued
+    uid = uids["S-17"]
+    datum_ids = recorder.column(uid, "primary", "detector_image")
+    path = recorder.file(datum_ids[0])
+    (derived_uid,) = find_runs(client, "S-17", derived=True)
+    (event,) = [e for e in recorder.derived.events if e["stream"] == "images"]
+    derived_path = recorder.derived.file(event["data"]["dark_field"])
+    frame_holder, derived_holder = {
+        "frames' shared handle": (HDF5FrameHandler, HANDLERS["TL_DERIVED_HDF5"]),
+        "h5py swmr": (lambda p: h5py.File(p, "r", swmr=True),) * 2,
+        "h5py": (lambda p: h5py.File(p, "r"),) * 2}[holder]
+    before = open_frame_files()
+    frame_file, derived_file = frame_holder(path), derived_holder(derived_path)
+    try:
+        frames = client[uid]["primary"]["detector_image"].read()
+        for image, datum_id in zip(frames, datum_ids):
+            np.testing.assert_array_equal(image, recorder.frame(datum_id))
+        np.testing.assert_array_equal(client[uid]["primary"]["detector_image"][1],
+                                      recorder.frame(datum_ids[1]))
+        np.testing.assert_array_equal(client[derived_uid]["images"]["dark_field"].read(),
+                                      recorder.derived.frame(event["data"]["dark_field"]))
+        assert open_frame_files() == before + ([path] if holder == "frames' shared handle" else [])
+    finally:
+        frame_file.close()
+        derived_file.close()
+    assert open_frame_files() == before  # the catalogue keeps no file open
+
+
+def test_the_catalogue_stores_paths_relative_to_its_directory(catalogued):
+    _, _, recorder, _ = catalogued
+    with sqlite3.connect(recorder.root / "catalogue" / "catalog.db") as db:
+        uris = [uri for (uri,) in db.execute("SELECT data_uri FROM assets")]
+    files = sorted(uri for uri in uris if not uri.startswith("sqlite:"))
+    assert files and all(uri.startswith(("../raw/", "../derived/")) for uri in files), files
+    assert not any(str(recorder.root) in uri for uri in files)
+
+
+def test_a_moved_catalogue_reads_frames_and_derived_images_at_its_new_place(catalogued, tmp_path):
+    """The catalogue and its run folder copied elsewhere, the copy then moved (so only the
+    new place holds it), and opened there: its tables (marked, to tell them from the
+    original's), frames and derived images read, and nothing is read from the place it was
+    written at (not readable for the new catalogue)."""
+    _, uids, recorder, _ = catalogued
+    root = recorder.root
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns("server.log"))
+    moved = tmp_path / "elsewhere" / "run"
+    moved.parent.mkdir()
+    copy.rename(moved)
+    with sqlite3.connect(moved / "catalogue" / "tables.sqlite") as tables:  # mark the copy's tables
+        for (table,) in tables.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+            if "g2" in [column[1] for column in tables.execute(f'PRAGMA table_info("{table}")')]:
+                tables.execute(f'UPDATE "{table}" SET g2 = g2 + 1000')
+    client = open_catalogue(moved / "catalogue", readable=[moved / "raw", moved / "derived"])
+    try:
+        uid = uids["S-17"]
+        run = client[uid]
+        np.testing.assert_array_equal(run["primary"]["g2"].read(),  # um, the copy's
+                                      np.add(recorder.column(uid, "primary", "g2"), 1000))
+        for stream in ("dark", "reference", "primary"):
+            images = run[stream]["detector_image"].read()
+            for image, datum_id in zip(images, recorder.column(uid, stream, "detector_image"), strict=True):
+                np.testing.assert_array_equal(image, recorder.frame(datum_id))
+        (derived_uid,) = find_runs(client, "S-17", derived=True)
+        (event,) = [e for e in recorder.derived.events if e["stream"] == "images"]
+        np.testing.assert_array_equal(client[derived_uid]["images"]["labels"].read(),
+                                      recorder.derived.frame(event["data"]["labels"]))
+        assert str(moved / "catalogue") in (moved / "catalogue" / "tiled.yml").read_text()
+    finally:
+        client.context.close()
+
+
+def test_asset_paths_resolve_inside_the_readable_directories_only(tmp_path):
+    directory, raw = tmp_path / "catalogue", tmp_path / "raw"
+    uri = relative_uri(f"file://localhost{raw}/a b.h5", directory)
+    assert uri == "../raw/a%20b.h5"
+    assert asset_path(uri, directory, [raw]) == raw / "a b.h5"
+    assert asset_path(f"file://localhost{raw}/x.h5", None, [raw]) == raw / "x.h5"
+    with pytest.raises(PermissionError, match="outside the catalogue's readable directories"):
+        asset_path("../secret/x.h5", directory, [raw])
+    with pytest.raises(PermissionError, match="outside"):
+        asset_path("../raw/../../x.h5", directory, [raw])
+    with pytest.raises(ValueError, match="relative to a catalogue directory"):
+        asset_path(uri, None, [raw])
+    with pytest.raises(ValueError, match="not a file:// URI"):
+        relative_uri("s3://bucket/x.h5", directory)

@@ -79,6 +79,7 @@ def test_an_error_is_one_line_and_debug_gives_the_traceback(tmp_path, args, code
     assert done.returncode == code and len(lines) == 1, done.stderr
     assert lines[0].startswith("talbot-lau: ") and "Traceback" not in done.stderr
     assert "nonexistent.yaml" in lines[0] or "nothing.nxs" in lines[0]
+    assert "derived images" not in done.stdout  # a failed reconstruction claims no results
     for debug in (["--debug", *args], [args[0], "--debug", *args[1:]]):  # before or after the command
         done = talbot_lau(*debug, cwd=tmp_path)
         assert done.returncode == code and "Traceback (most recent call last)" in done.stderr

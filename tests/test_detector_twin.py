@@ -206,7 +206,7 @@ def test_zlib_files_read_back_equal_and_image1_holds_the_last_frame(det, ioc):
     det.put("HDF1:FileName", "zlib")
     det.put("HDF1:NumCapture", 2)
     det.put("HDF1:Compression", 3)  # zlib
-    det.put("HDF1:ZCompressLevel", 6)
+    det.put("HDF1:ZLevel", 6)
     with pytest.raises(ErrorResponseReceived):
         det.put("HDF1:Compression", 7)  # jpeg: not simulated
     assert det.get("HDF1:Compression_RBV") == 3

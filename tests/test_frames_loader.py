@@ -77,3 +77,29 @@ def test_bitshuffle_lz4_files_read_in_a_fresh_process(tmp_path):
     result = subprocess.run([sys.executable, "-c", read], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(sum(range(20)))
+
+
+def test_a_file_being_written_shows_each_frame_with_its_ndattributes(tmp_path):
+    """SWMR: a reader in another process that sees N frames finds N values of every
+    NDAttribute (the writer flushes them before the frame)."""
+    import subprocess
+    import sys
+
+    from simulators.frame_file import append_frame, close_frame_file, create_frame_file
+
+    path = tmp_path / "growing_000000.h5"
+    file, dataset = create_frame_file(str(path), (4, 5), compression="zlib")
+    read = ("import h5py\n"
+            f"with h5py.File({str(path)!r}, 'r', swmr=True) as f:\n"
+            "    group = f['entry/instrument/NDAttributes']\n"
+            "    print(len(f['entry/data/data']), sorted({len(group[k]) for k in group}),"
+            " group['NDArrayUniqueId'][()].tolist())")
+    try:
+        for k in range(3):
+            append_frame(dataset, np.full((4, 5), k, np.uint16), unique_id=10 + k)
+            done = subprocess.run([sys.executable, "-c", read], capture_output=True, text=True,
+                                  timeout=60)
+            assert done.returncode == 0, done.stderr
+            assert done.stdout.split(" ", 1) == [str(k + 1), f"[{k + 1}] {list(range(10, 11 + k))}\n"]
+    finally:
+        close_frame_file(file)

@@ -63,6 +63,28 @@ def test_mosaic_reads_tile_and_stage_in_every_event(instrument):
     assert events["dose"][0]["data"]["delivered_dose_mgy"] == pytest.approx(4 * 3 * 1.0 * rate)
 
 
+def test_a_refreshed_reference_is_labelled_with_the_tile_it_serves(instrument, tmp_path):
+    """reference_every=2 on a 2 x 2 mosaic: the reference scan taken before tile 2 says
+    tile=2 (not 1, the tile before it), in its events and in the run record's frame table."""
+    from acquisition.run_record import read_run_record, record_name, run_recorder
+
+    engine = RunEngine({})
+    documents = collect(engine)
+    engine.subscribe(run_recorder(tmp_path / "record"))
+    (uid,) = engine(darkfield_mosaic(instrument, rows=2, columns=2, overlap=0.2, steps=3, dark_frames=1,
+                                     reference_every=2, exposure_s=1.0, reference_exposure_s=1.0))
+    events = events_by_stream(documents)
+    assert [e["data"]["tile"] for e in events["reference"]] == [0, 0, 0, 2, 2, 2]
+    # in time order: the refreshed reference comes after tile 1's sample set, before tile 2's
+    order = sorted((e["time"], name, e["data"]["tile"]) for name in ("reference", "primary")
+                   for e in events[name])
+    assert [(name, tile) for _, name, tile in order[6:12]] == [("primary", 1)] * 3 + [("reference", 2)] * 3
+    frames = read_run_record(tmp_path / "record" / record_name(uid)).frames
+    streams = [s.decode() if isinstance(s, bytes) else s for s in frames["stream"]]
+    assert [int(t) for s, t in zip(streams, frames["tile"]) if s == "reference"] == [0, 0, 0, 2, 2, 2]
+    assert [int(t) for s, t in zip(streams, frames["tile"]) if s == "primary"] == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3
+
+
 def test_mosaic_beyond_the_stage_is_refused_before_anything_moves(instrument):
     with pytest.raises(PlanArgumentError, match=r"tile \d+ \(row \d, column \d\).*outside the stage limits"):
         darkfield_mosaic(instrument, rows=2, columns=2, origin_mm=(149.0, 0.0))

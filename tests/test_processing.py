@@ -51,7 +51,7 @@ def test_processor_classifies_a_cluster_and_publishes_valid_documents(tmp_path):
 
     (path,) = tmp_path.glob("derived_*.h5")
     with h5py.File(path, "r") as f:
-        assert f.attrs["parent_uid"] == raw_uid
+        assert f["entry/process/run_record/identifier_run_uuid"].asstr()[()] == raw_uid
         assert f["entry/dark_field/data"].shape == (96, 96)
         assert list(f["entry/clusters/texture"].asstr()[()]) == ["coarse"]
 
@@ -112,13 +112,13 @@ def test_the_runengine_does_not_wait_for_the_processor(tmp_path, monkeypatch):
     import acquisition.projection as projection
 
     release = threading.Event()
-    real = projection.analyse_projection
+    real = projection.classify_image
 
     def slow(*args, **kwargs):
         release.wait(10)  # processing takes "long"
         return real(*args, **kwargs)
 
-    monkeypatch.setattr("acquisition.processing.analyse_projection", slow)
+    monkeypatch.setattr("acquisition.processing.classify_image", slow)
     instrument = simulated_instrument(small_config(rows=48, cols=48), write_path=tmp_path / "raw")
     collector = DerivedCollector()
     processor = darkfield_router(out_dir=tmp_path, publish=collector)

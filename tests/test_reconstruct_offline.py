@@ -1,35 +1,24 @@
 """Offline reconstruction of a recorded run gives what the live processor gave."""
 
 import json
+import os
 
 import pytest
 from bluesky import RunEngine
 
 from acquisition.cli import main
-from acquisition.demo import DerivedCollector
 from acquisition.instrument import simulated_instrument
-from acquisition.plans import darkfield_projection
-from acquisition.processing import darkfield_router
 from acquisition.reconstruct import reconstruct_run
 from acquisition.run_record import RunRecordError, read_run_record, run_recorder
 from conftest import small_config
+from recorded_runs import record_pleomorphic_run
 from simulators.physics import Phantom, TissueSlab
 from specimens import class_cluster
 
 
 @pytest.fixture
 def recorded_run(tmp_path):
-    phantom = Phantom(TissueSlab(), (class_cluster("pleomorphic", (0.0, 0.0), seed=5),))
-    instrument = simulated_instrument(small_config(rows=96, cols=96), write_path=tmp_path / "raw",
-                                      phantom=phantom)
-    collector = DerivedCollector()
-    engine = RunEngine({})
-    engine.subscribe(run_recorder(tmp_path))
-    processor = darkfield_router(out_dir=tmp_path / "live", publish=collector)
-    engine.subscribe(processor)
-    (uid,) = engine(darkfield_projection(instrument, dark_frames=2))
-    processor.wait()
-    return tmp_path / f"run_{uid[:8]}.nxs", collector.clusters
+    return record_pleomorphic_run(tmp_path, small_config(rows=96, cols=96))
 
 
 def test_offline_equals_live(recorded_run, tmp_path):
@@ -78,3 +67,61 @@ def test_a_recorded_mosaic_is_stitched_and_classified(tmp_path):
         shape = f["entry/transmission/data"].shape
     assert shape[0] == 64 and 64 < shape[1] <= 2 * 64  # two tiles side by side, overlapping
     assert [r["texture"] for r in rows] == ["coarse"]  # the cluster, once, across the seam
+
+
+def test_a_copied_run_folder_reconstructs_through_the_cli(recorded_run, tmp_path, capsys):
+    """The run folder copied elsewhere and the original deleted: the frame files are found
+    from the record's new folder, the clusters are the live processor's."""
+    import shutil
+
+    path, live = recorded_run
+    copy = tmp_path / "copied" / "run-folder"
+    copy.mkdir(parents=True)
+    shutil.copy2(path, copy / path.name)
+    shutil.copytree(tmp_path / "raw", copy / "raw")
+    path.unlink()
+    shutil.rmtree(tmp_path / "raw")
+    code = main(["reconstruct", str(copy / path.name), "--out", str(copy / "offline")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert f"derived images and reports in {copy / 'offline'}" in captured.out
+    report = json.loads(next((copy / "offline").glob("report_*.json")).read_text())
+    assert [(r["texture"], r["ratio"]) for r in report["clusters"]] == [
+        (c["texture"], round(c["ratio"], 4)) for c in live]
+    import h5py
+
+    with h5py.File(next((copy / "offline").glob("derived_*.h5")), "r") as f:
+        assert f["entry/process/run_record/file_name"][()].decode() == f"../{path.name}"
+        assert all(name.decode().startswith("../raw/") for name in f["entry/raw/frame_file"][()])
+        assert f["entry/raw/data"][()].any()  # the virtual frames resolve in the copy
+
+
+def test_a_failed_reconstruction_prints_no_success_line(recorded_run, tmp_path, capsys):
+    import shutil
+
+    path, _ = recorded_run
+    shutil.rmtree(tmp_path / "raw")  # the record without its frames
+    code = main(["reconstruct", str(path), "--out", str(tmp_path / "cli")])
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert code == 1 and "derived images" not in captured.out + captured.err
+    assert len(lines) == 1 and "no such file" in lines[0] and path.name in lines[0], lines
+    assert not list((tmp_path / "cli").glob("derived_*.h5"))  # no file left half-written
+
+
+def test_each_frame_file_is_opened_once_and_closed(recorded_run, tmp_path, monkeypatch):
+    from acquisition import frames
+
+    path, _ = recorded_run
+    opened = []
+    original = frames._open
+
+    def counting(filename):
+        opened.append(filename)
+        return original(filename)
+
+    monkeypatch.setattr(frames, "_open", counting)
+    reconstruct_run(path, tmp_path / "once")
+    files = {os.path.realpath(f) for f in read_run_record(path).frames["file"]}
+    assert sorted(map(os.path.realpath, opened)) == sorted(files)  # once per file for the whole run
+    assert frames.open_frame_files() == []

@@ -95,3 +95,34 @@ def test_tiles_no_pair_ties_to_tile_0_keep_their_stage_placement():
     tiles[2] = Tile(flat, flat, flat * 0, tiles[2].stage_mm)
     offsets = place_tiles([t.stage_mm for t in tiles], PIXEL)
     np.testing.assert_allclose(refine_offsets(tiles, offsets), offsets, atol=0.6)
+
+
+def test_float32_tiles_stitch_as_float64_ones_within_a_bounded_peak():
+    """The live processor keeps float32 T, V, dphi: the mosaic is the float64 tiles' to
+    float32 precision, and the stitch never holds more than its seven float32 accumulators
+    of the mosaic's size plus one tile's temporaries (no float64 copy of the tiles)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(2)
+    mu, eps = truth_field(shape=(700, 880))
+    tiles = cut_tiles(mu, eps, grid=(3, 3), size=(384, 480), noise=0.01)
+    tiles = [Tile(t.transmission, t.dark_field, rng.uniform(-3, 3, t.transmission.shape), t.stage_mm)
+             for t in tiles]
+    single = [Tile(*(np.asarray(a, np.float32) for a in (t.transmission, t.dark_field, t.differential_phase)),
+                   t.stage_mm) for t in tiles]
+    double = stitch(tiles, PIXEL)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        mosaic = stitch(single, PIXEL)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert mosaic.offsets_px == double.offsets_px
+    for name in ("transmission", "dark_field", "absorption", "scattering", "weight"):
+        np.testing.assert_allclose(getattr(mosaic, name), getattr(double, name), rtol=2e-6, atol=1e-6)
+    dphi = np.angle(np.exp(1j * (mosaic.differential_phase - double.differential_phase)))
+    assert np.nanmax(np.abs(dphi)) < 1e-5
+    image, tile = mosaic.absorption.nbytes, single[0].transmission.nbytes
+    assert mosaic.absorption.dtype == np.float32
+    assert peak < 7 * image + 12 * tile, (peak / image, tile / image)

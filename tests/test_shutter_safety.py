@@ -204,11 +204,11 @@ def test_a_failed_frame_write_fails_the_run_and_closes_the_shutter(tmp_path):
     documents = validated_documents(engine)
     calls = []
 
-    def full(frame):
+    def full(frame, *when):
         calls.append(1)
         if len(calls) > 2:
             raise OSError(28, "No space left on device")
-        return original(frame)
+        return original(frame, *when)
 
     original = detector._append
     detector._append = full

@@ -272,6 +272,7 @@ def start_metadata(instrument: Instrument, settings: SteppingSettings, plan_name
                            "reference_exposure_s": settings.exposure_s if reference_exposure_s is None
                            else float(reference_exposure_s)},
         "tube": {"kv": settings.kv, "ma": settings.ma, "device": instrument.tube.name},
+        "source": _plain(dataclasses.asdict(setup.source)),  # anode, filtration (mm) for the record
         "planned_dose_mgy": planned_dose_mgy,
         "geometry": geometry,
         "gratings": _plain(dataclasses.asdict(setup.gratings)),

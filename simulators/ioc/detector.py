@@ -17,6 +17,12 @@ at the start of the exposure, computed in an executor thread so motor ticks keep
 The wall time of an image is the recorded exposure times ``time_scale``.  At the end of
 each image the cam's ArrayCounter, the plugin's file and the image statistics are updated
 first, then ``Acquire_RBV`` -> 0 (ophyd's ``SingleTrigger`` waits for that edge).
+
+``NDAttributesFile`` names an ADCore NDAttributes XML file on the IOC's host (read at the
+put; one that is not readable, or names a PV the twin does not serve, fails the put and
+``NDAttributesStatus`` says why): each image then carries those EPICS_PV attributes, read
+from the same readbacks as the frame, with its unique id (ArrayCounter) and time stamp
+(the exposure's start), and the HDF5 plugin stores them per frame.
 """
 
 from __future__ import annotations
@@ -27,13 +33,19 @@ import time
 from caproto import ChannelType, SkipWrite
 from caproto.server import PVGroup, SubGroup, pvproperty
 
-from .ad_records import (DATA_TYPES, DETECTOR_STATES, DISABLE_ENABLE, finite_non_negative,
-                         readback, setting)
+from simulators.frame_file import pv_attribute_values, read_attributes_file
+from simulators.twins.world import READBACK_TYPES, readbacks
+
+from .ad_records import (DATA_TYPES, DETECTOR_STATES, DISABLE_ENABLE, PATH_LENGTH,
+                         finite_non_negative, readback, setting)
 from .hdf5_plugin import HDF5PluginGroup
 from .ndarray_plugin import StdArraysPluginGroup
 from .stats_plugin import StatsPluginGroup
 
 IMAGE_MODES = ("Single", "Multiple", "Continuous")
+ATTRIBUTES_STATUS = ("Attributes file OK", "File not found", "XML syntax error",
+                     "Macro substitution error", "Invalid attribute")
+"""ADBase.template's NDAttributesStatus (the last is the twin's: a PV it does not serve)."""
 MIN_IMAGE_WALL_S = 0.05
 """Shortest wall time of an image however small the time scale: ophyd's ``SingleTrigger``
 returns its status only after ``generate_datum``; an Acquire_RBV 1 -> 0 edge before that
@@ -78,6 +90,9 @@ class PaxScanCamGroup(PVGroup):
                                                        enum_strings=DISABLE_ENABLE)
     gain_correction, gain_correction_rbv = setting("GainCorrection", 0, enum_strings=DISABLE_ENABLE)
     sim_trigger = pvproperty(name="SimTrigger", value=0, doc="twin only: one external trigger")
+    nd_attributes_file = pvproperty(name="NDAttributesFile", value="", dtype=ChannelType.CHAR,
+                                    max_length=PATH_LENGTH, string_encoding="latin-1")
+    nd_attributes_status = readback("NDAttributesStatus", 0, enum_strings=ATTRIBUTES_STATUS)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -86,6 +101,8 @@ class PaxScanCamGroup(PVGroup):
         self.shape = self.full_shape = (1, 1)
         self._task: asyncio.Task | None = None
         self._trigger = asyncio.Event()
+        self.nd_attributes: tuple = ()
+        """The NDAttributes of NDAttributesFile (``frame_file.NDAttribute``)."""
 
     def configure(self, *, world, plugin_sink, shape, full_shape) -> None:
         """``world`` makes frames (``SimWorld``), ``plugin_sink`` is the HDF5 plugin's receive."""
@@ -121,6 +138,26 @@ class PaxScanCamGroup(PVGroup):
             await asyncio.wait([self._task])
         return value
 
+    @nd_attributes_file.putter
+    async def nd_attributes_file(self, instance, value):
+        """Read the NDAttributes file (empty: none); a bad file fails the put, the old
+        attributes stay."""
+        if not value:
+            self.nd_attributes = ()
+            await self.nd_attributes_status.write("Attributes file OK")
+            return value
+        try:
+            attributes = read_attributes_file(value, READBACK_TYPES)
+        except ValueError as err:
+            status = ("File not found" if "cannot read" in str(err) else
+                      "XML syntax error" if "not XML" in str(err) else "Invalid attribute")
+            await self.nd_attributes_status.write(status)
+            await self.status_message.write(str(err)[:200])
+            raise
+        self.nd_attributes = attributes
+        await self.nd_attributes_status.write("Attributes file OK")
+        return value
+
     @sim_trigger.putter
     async def sim_trigger(self, instance, value):
         """Twin only: an external trigger pulse (TriggerMode External)."""
@@ -153,14 +190,16 @@ class PaxScanCamGroup(PVGroup):
                         await asyncio.sleep(wait)
                 exposure = float(self.acquire_time.value) * max(int(self.num_exposures.value), 1)
                 started = previous_start = time.monotonic()
-                frame = await loop.run_in_executor(None, self.world.frame, exposure)
+                started_s, state = time.time(), self.world.state()
+                frame = await loop.run_in_executor(None, self.world.frame, exposure, state)
                 wait = max(exposure * self.world.time_scale, MIN_IMAGE_WALL_S) - (time.monotonic() - started)
                 if wait > 0:
                     await asyncio.sleep(wait)
                 await self.detector_state.write("Readout")
                 counter = self.array_counter.value + 1
                 if self.array_callbacks.value == "Enable":
-                    await self.plugin_sink(frame, counter)
+                    values = pv_attribute_values(self.nd_attributes, readbacks(state))
+                    await self.plugin_sink(frame, counter, started_s, values)
                 await self.array_counter.write(counter, verify_value=False)
                 await self.array_counter_rbv.write(counter)
                 await self.num_images_counter.write(taken)
@@ -187,14 +226,16 @@ class PaxScanGroup(PVGroup):
 
     def configure(self, *, world, shape, full_shape=(1536, 1920)) -> None:
         """Frames of ``shape`` (rows, cols) from ``world`` (a ``SimWorld``)."""
-        self.hdf1.configure(shape=shape)
+        self.hdf1.configure(shape=shape, attributes=lambda: self.cam.nd_attributes)
         self.stats1.configure(shape=shape)
         self.image1.configure(shape=shape)
         self.cam.configure(world=world, plugin_sink=self.plugins_receive, shape=shape,
                            full_shape=full_shape)
 
-    async def plugins_receive(self, frame, unique_id=None) -> None:
-        """The cam's NDArray to each plugin on its port, in turn (blocking callbacks)."""
-        await self.hdf1.receive(frame, unique_id)
+    async def plugins_receive(self, frame, unique_id=None, time_stamp_s=None,
+                              attributes=None) -> None:
+        """The cam's NDArray (with its time stamp, POSIX s, and NDAttribute values) to each
+        plugin on its port, in turn (blocking callbacks)."""
+        await self.hdf1.receive(frame, unique_id, time_stamp_s, attributes)
         await self.stats1.receive(frame, unique_id)
         await self.image1.receive(frame, unique_id)

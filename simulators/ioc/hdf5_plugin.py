@@ -1,11 +1,13 @@
 """ADCore's HDF5 file plugin (``P + "det:HDF1:"``) in Stream mode, writing with h5py.
 
 ``Capture`` = 1 opens ``FileTemplate % (FilePath, FileName, FileNumber)``, increments
-``FileNumber`` (AutoIncrement Yes) and appends every frame the cam sends to
-``/entry/data/data`` (N, rows, cols, uint16), flushing each one; ``Capture`` = 0, or
-``NumCapture`` frames when it is > 0, closes the file.  The file is written in SWMR mode,
-so frames can be read while it is open.  The plugin looks primed (ArraySize* of the
-frame) so ophyd's ``HDF5Plugin.stage()`` accepts it.
+``FileNumber`` (AutoIncrement Yes) and appends every frame the cam sends, with the
+NDAttributes the cam attached to it, in ADCore's default layout (``simulators.frame_file``:
+frames at ``/entry/instrument/detector/data``, linked as ``/entry/data/data``), flushing
+each one; ``Capture`` = 0, or ``NumCapture`` frames when it is > 0, closes the file.  The
+file is written in SWMR mode, so frames can be read while it is open, compressed as
+``Compression`` says (None, zlib at ``ZLevel``, BSLZ4).  The plugin looks primed
+(ArraySize* of the frame) so ophyd's ``HDF5Plugin.stage()`` accepts it.
 
 Files stay under the write root (:meth:`HDF5PluginGroup.set_write_root`, the IOC's
 ``--write-path``): a ``FilePath`` outside it (after resolving symlinks and ``..``), or a
@@ -24,11 +26,10 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from caproto import ChannelType
-from caproto import SkipWrite
+from caproto import ChannelType, SkipWrite
 from caproto.server import pvproperty
 
-from simulators.frame_file import (COMPRESSIONS as WRITABLE, append_frame, close_frame_file,
+from simulators.frame_file import (append_frame, close_frame_file, compression_name,
                                    create_frame_file)
 
 from .ad_records import NO_YES, readback, setting
@@ -37,13 +38,14 @@ from .ndarray_plugin import NDPluginBaseGroup
 log = logging.getLogger(__name__)
 
 WRITE_MODES = ("Single", "Capture", "Stream")
-COMPRESSIONS = ("None", "N-bit", "szip", "zlib", "blosc", "bslz4", "lz4", "jpeg")
-"""NDFileHDF5's Compression enum; the twin writes None, zlib and bslz4 (frame_file.COMPRESSIONS)."""
+COMPRESSIONS = ("None", "N-bit", "szip", "zlib", "Blosc", "BSLZ4", "LZ4", "JPEG")
+"""NDFileHDF5's Compression enum (NDFileHDF5.template); the twin writes None, zlib and BSLZ4
+(frame_file.COMPRESSIONS)."""
 
 
 def _zlib_level(value) -> None:
     if not 0 <= int(value) <= 9:
-        raise ValueError(f"ZCompressLevel {value} refused: 0..9")
+        raise ValueError(f"ZLevel {value} refused: 0..9")
 
 
 class PathRefused(ValueError):
@@ -73,7 +75,7 @@ class HDF5PluginGroup(NDPluginBaseGroup):
     write_status = readback("WriteStatus", 0, enum_strings=("Write OK", "Write error"))
     write_message = readback("WriteMessage", "", text=True)
     compression, compression_rbv = setting("Compression", 0, enum_strings=COMPRESSIONS)
-    z_compress_level, z_compress_level_rbv = setting("ZCompressLevel", 6, check=_zlib_level)
+    z_level, z_level_rbv = setting("ZLevel", 6, check=_zlib_level)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -82,6 +84,14 @@ class HDF5PluginGroup(NDPluginBaseGroup):
         self._file: h5py.File | None = None
         self._dataset = None
         self.write_root: str | None = None
+        self.attributes = lambda: ()
+
+    def configure(self, *, shape, attributes=None) -> None:
+        """Frames of ``shape`` (rows, cols); ``attributes()`` gives the NDAttributes (a tuple
+        of ``frame_file.NDAttribute``) the cam attaches to each frame, read when a file opens."""
+        super().configure(shape=shape)
+        if attributes is not None:
+            self.attributes = attributes
 
     def set_write_root(self, root) -> None:
         """Confine FilePath and the files to ``root`` (resolved now; None refuses all)."""
@@ -122,8 +132,10 @@ class HDF5PluginGroup(NDPluginBaseGroup):
 
     @compression.putter
     async def compression(self, instance, value):
-        if value not in WRITABLE:
-            raise ValueError(f"Compression {value} is not simulated: one of {', '.join(WRITABLE)}")
+        try:
+            compression_name(value)
+        except ValueError:
+            raise ValueError(f"Compression {value} is not simulated: None, zlib or BSLZ4") from None
         await self.compression_rbv.write(value)
         return value
 
@@ -166,9 +178,10 @@ class HDF5PluginGroup(NDPluginBaseGroup):
                                                self.file_number.value)
         self._confined(filename, "file")  # a file name or template may lead elsewhere
         rows, cols = self.shape
-        level = int(self.z_compress_level.value)
+        level = int(self.z_level.value)
         self._file, self._dataset = create_frame_file(
-            filename, (rows, cols), compression=self.compression.value, level=level)
+            filename, (rows, cols), compression=self.compression.value, level=level,
+            attributes=self.attributes())
 
     def _close(self) -> None:
         file, self._file, self._dataset = self._file, None, None
@@ -176,14 +189,17 @@ class HDF5PluginGroup(NDPluginBaseGroup):
         if problem:
             log.error(problem)
 
-    async def receive(self, frame: np.ndarray, unique_id: int | None = None) -> None:
-        """One NDArray from the cam: counted, and appended to the file while capturing."""
+    async def receive(self, frame: np.ndarray, unique_id: int | None = None,
+                      time_stamp_s: float | None = None, attributes: dict | None = None) -> None:
+        """One NDArray from the cam: counted, and appended to the file while capturing, with
+        its unique id, time stamp (POSIX s) and ``attributes`` (NDAttribute name -> value)."""
         if not await self.count(frame, unique_id):
             return
         if self._dataset is None:
             return
         try:
-            index = append_frame(self._dataset, frame)
+            index = append_frame(self._dataset, frame, unique_id=unique_id,
+                                 time_stamp_s=time_stamp_s, attributes=attributes)
         except OSError as err:  # disk full, file removed: not captured, the file closed; say so
             await self.write_status.write("Write error")
             await self.write_message.write(str(err)[:255])

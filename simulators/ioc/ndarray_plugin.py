@@ -25,10 +25,10 @@ import numpy as np
 from caproto import ChannelType
 from caproto.server import PVGroup, pvproperty
 
+from simulators.frame_file import EPICS_EPOCH_OFFSET_S  # TimeStamp_RBV counts from it
+
 from .ad_records import DATA_TYPES, DISABLE_ENABLE, NO_YES, readback, setting
 
-EPICS_EPOCH_OFFSET_S = 631152000.0
-"""Seconds from 1970-01-01 to the EPICS epoch, 1990-01-01 (``TimeStamp_RBV`` counts from it)."""
 MAX_DIMS = 10
 FULL_FRAME_ELEMENTS = 1536 * 1920
 

@@ -2,9 +2,13 @@
 
 Like areaDetector's HDF5 plugin in Stream mode: ``stage()`` opens a file and composes one
 Resource (spec ``AD_HDF5``); each ``trigger()`` makes a frame with the physics engine,
-waits the time-scaled exposure, appends it to ``/entry/data/data`` (N, rows, cols; ``simulators.frame_file``) and
-composes a Datum whose id is the event's ``detector_image``.  Files are written in SWMR
-mode so frames can be read while the file is still open.  Like areaDetector's NDStats plugin
+waits the time-scaled exposure, appends it to ``/entry/data/data`` (N, rows, cols; ADCore's
+default layout, ``simulators.frame_file``) and composes a Datum whose id is the event's
+``detector_image``.  Files are written in SWMR mode so frames can be read while the file is
+still open, compressed as ``hdf1.compression`` says ("None", "zlib", "bslz4").  With
+``cam.nd_attributes_file`` set (an ADCore NDAttributes XML file, read at stage), each frame
+stores the EPICS_PV attributes it names from the G2, stage and tube readbacks at the start
+of its exposure, beside its unique id and time stamp, as the real IOC does.  Like areaDetector's NDStats plugin
 (``stats1``), each frame's mean, total, min and max (ADU) are set before the trigger
 completes; the mean is a hinted reading (``detector_stats1_mean_value``), as on the EPICS
 detector.
@@ -24,8 +28,11 @@ from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.status import DeviceStatus
 
-from simulators.frame_file import append_frame, close_frame_file, create_frame_file
+from simulators.frame_file import (append_frame, close_frame_file, create_frame_file,
+                                   pv_attribute_values, read_attributes_file)
 from simulators.physics import detector_shape
+
+from .world import READBACK_TYPES, readbacks
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +53,19 @@ class SimCam(Device):
     model = Cpt(Signal, value="PaxScan 2520D (in-process twin)", kind="config")
     acquire = Cpt(Signal, value=0, kind="omitted")
     array_counter = Cpt(Signal, value=0, kind="omitted")
+    nd_attributes_file = Cpt(Signal, value="", kind="omitted")
 
 
 class SimHDF5(Device):
-    """The HDF5 plugin's file settings and counters."""
+    """The HDF5 plugin's file settings and counters; ``compression`` "None", "zlib" (at
+    ``zlevel``) or "bslz4"."""
 
     file_path = Cpt(Signal, value="", kind="omitted")
     file_name = Cpt(Signal, value="", kind="omitted")
     full_file_name = Cpt(Signal, value="", kind="omitted")
     num_captured = Cpt(Signal, value=0, kind="omitted")
+    compression = Cpt(Signal, value="None", kind="omitted")
+    zlevel = Cpt(Signal, value=6, kind="omitted")
 
 
 class SimStats(Device):
@@ -89,6 +100,7 @@ class SimPaxScan(Device):
         self.hdf1.file_path.put(str(Path(write_path)))
         self._file = None
         self._resource = None
+        self._attributes = ()
         self._asset_docs: list[tuple[str, dict]] = []
         self._lock = threading.Lock()
 
@@ -98,7 +110,12 @@ class SimPaxScan(Device):
         name = uuid.uuid4().hex[:12]
         filename = path.resolve() / f"{name}_000000.h5"
         rows, cols = detector_shape(self.world.setup)
-        self._file, self._dataset = create_frame_file(filename, (rows, cols))
+        attributes_file = self.cam.nd_attributes_file.get()
+        self._attributes = (read_attributes_file(attributes_file, READBACK_TYPES)
+                            if attributes_file else ())
+        self._file, self._dataset = create_frame_file(
+            filename, (rows, cols), compression=self.hdf1.compression.get(),
+            level=int(self.hdf1.zlevel.get()), attributes=self._attributes)
         self._resource = compose_resource(spec="AD_HDF5", root="/",
                                           resource_path=str(filename).lstrip("/"),
                                           resource_kwargs={"frame_per_point": 1})
@@ -121,14 +138,14 @@ class SimPaxScan(Device):
         status = DeviceStatus(self)
         exposure = float(self.cam.acquire_time.get()) * int(self.cam.num_exposures.get())
         self.cam.acquire.put(1)
-        started = time.monotonic()
+        started, started_s = time.monotonic(), time.time()
         state = self.world.state()  # the state at the start of the exposure
 
         def finish():  # the frame is made here, off the RunEngine's thread
             try:
                 frame = self.world.frame(exposure, state)
                 time.sleep(max(exposure * self.world.time_scale - (time.monotonic() - started), 0))
-                self._append(frame)
+                self._append(frame, started_s, state)
                 self.stats1.update(frame)
                 self.cam.acquire.put(0)
                 status.set_finished()
@@ -139,9 +156,14 @@ class SimPaxScan(Device):
         threading.Thread(target=finish, daemon=True, name=f"{self.name}-exposure").start()
         return status
 
-    def _append(self, frame) -> None:
+    def _append(self, frame, started_s: float, state: dict) -> None:
+        """Write ``frame`` with its NDAttributes: unique id (the cam's ArrayCounter), time
+        stamp ``started_s`` (POSIX s) and the readbacks of ``state``."""
         with self._lock:
-            index = append_frame(self._dataset, frame)
+            index = append_frame(self._dataset, frame,
+                                 unique_id=self.cam.array_counter.get() + 1,
+                                 time_stamp_s=started_s,
+                                 attributes=pv_attribute_values(self._attributes, readbacks(state)))
             datum = self._resource.compose_datum(datum_kwargs={"point_number": index})
             self._asset_docs.append(("datum", datum))
             self.image.put(datum["datum_id"])

@@ -10,6 +10,23 @@ import numpy as np
 
 from simulators.physics import Phantom, Setup, simulate_frame
 
+READBACK_TYPES = {"g2.RBV": "<f8", "stage:x.RBV": "<f8", "stage:y.RBV": "<f8",
+                  "tube:kV_RBV": "<f8", "tube:mA_RBV": "<f8", "tube:Shutter_RBV": "<i2",
+                  "tube:HVOn_RBV": "<i2"}
+"""The readback PVs (names after the IOC prefix) the twins give NDAttributes from, with the
+numpy dtype of their native Channel Access type (motor RBV and ai: double; enums: short)."""
+
+
+def readbacks(state: dict) -> dict[str, float]:
+    """The READBACK_TYPES PVs' values in a frame ``state`` (``SimWorld.state``): G2 um,
+    stage mm, tube kV and mA, shutter and high voltage 0/1."""
+    tube = state["tube"]
+    x_mm, y_mm = state["stage_mm"]
+    return {"g2.RBV": float(state["g2_um"]), "stage:x.RBV": float(x_mm),
+            "stage:y.RBV": float(y_mm), "tube:kV_RBV": float(tube.kv),
+            "tube:mA_RBV": float(tube.ma), "tube:Shutter_RBV": int(bool(tube.shutter_open)),
+            "tube:HVOn_RBV": int(bool(tube.hv_on))}
+
 
 @dataclass
 class SimWorld:
