@@ -17,10 +17,10 @@ from pathlib import Path
 from bluesky import RunEngine
 
 from .config import Config, default_config_dir, load_config
-from .derived_collector import DerivedCollector
 from .instrument import simulated_instrument
 from .plans.calibration import compute_tissue_calibration, tissue_calibration
-from .processing import darkfield_router
+from .processing.derived_collector import DerivedCollector
+from .processing.live import darkfield_router
 
 SHIPPED = "tissue_calibration_sim.json"
 """The simulated instrument's calibration file among the embedded configs/."""

@@ -8,6 +8,8 @@ import threading
 import traceback
 from pathlib import Path
 
+from .errors import TalbotLauError
+
 EXIT_USAGE = 2
 """Bad arguments or a command that could not start (its configuration, files, devices)."""
 EXIT_FAILED = 1
@@ -16,7 +18,7 @@ EXIT_INTERRUPTED = 130
 """Ctrl-C before a command's own way of ending (the shell's 128 + SIGINT)."""
 
 
-class CommandFailed(Exception):
+class CommandFailed(TalbotLauError):
     """A command that had started its work failed (exit 1): the cause is ``__cause__``."""
 
 
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     except CommandFailed as failed:
         _report(failed.__cause__ or failed, debug)
         return EXIT_FAILED
-    except Exception as err:
+    except Exception as err:  # a TalbotLauError (bad input, a broken file) or any other
         _report(err, debug)
         return EXIT_USAGE
 
@@ -167,7 +169,9 @@ def _run(args) -> int:
     if args.command in ("monitor", "processor"):
         return _remote(args)
 
-    from .config import load_config  # not for --help: it imports the physics' dataclasses
+    from .config import (
+        load_config,  # not for --help: it imports the physics' dataclasses
+    )
 
     config = load_config(args.config, args.simulation)
     if args.command == "session":
@@ -204,7 +208,7 @@ def _study(args, config) -> int:
 
 def _proxy(args) -> int:
     """``talbot-lau proxy``: bound first, then one line with both addresses, until Ctrl-C."""
-    from .remote import make_proxy
+    from .processing.remote import make_proxy
 
     proxy = make_proxy(args.in_port, args.out_port, host=args.bind)
 
@@ -246,7 +250,7 @@ def _serve_catalogue(args) -> int:
     with the key masked."""
     import subprocess
 
-    from .catalogue import (
+    from .storage.catalogue import (
         API_KEY_ENV,
         CATALOG_DB,
         open_catalogue,
@@ -264,7 +268,7 @@ def _serve_catalogue(args) -> int:
     connect = (f"connect_catalogue({url!r}, api_key_file={str(key_file)!r})" if key_file
                else f"connect_catalogue({url!r})  # reads ${API_KEY_ENV}")
     print(f"serving {args.directory} at {url}; API key: {source}; from Python:\n"
-          f"  from acquisition.catalogue import connect_catalogue, find_runs\n"
+          f"  from acquisition.storage.catalogue import connect_catalogue, find_runs\n"
           f"  catalogue = {connect}", flush=True)
     server = subprocess.Popen(server_command(args.directory, host=args.host, port=args.port),  # tiled.yml
                               env=server_environment(key), stdout=subprocess.PIPE,
@@ -318,17 +322,17 @@ def _serve_ioc(args, config) -> int:
 
 def _remote(args) -> int:
     """The monitor or the processor in a process of its own, fed over 0MQ."""
-    from .processing import darkfield_router
-    from .remote import by_origin, parse_address, start_dispatcher
-    from .run_record import run_recorder
+    from .processing.live import darkfield_router
+    from .processing.remote import by_origin, parse_address, start_dispatcher
+    from .storage.run_record import run_recorder
 
     address = parse_address(args.zmq)
     if args.command == "processor":
-        from .derived_collector import DerivedCollector
+        from .processing.derived_collector import DerivedCollector
 
         publish = DerivedCollector()
         if args.publish:
-            from .remote import publisher
+            from .processing.remote import publisher
 
             publish = publisher(parse_address(args.publish))  # used by the worker thread only
         start_dispatcher(address, [run_recorder(args.out), darkfield_router(args.out, publish=publish)])
@@ -372,13 +376,13 @@ def _reconstruct(runs: list[str], out: str, *, debug: bool = False) -> int:
     """Reconstruct each run; a broken one is named (one line, or its traceback with
     ``debug``) and the others still run.  The closing line says where the results are
     only when every run succeeded."""
-    from .reconstruct import reconstruct_run
+    from .processing.offline import reconstruct_run
 
     failures = 0
     for run in runs:
         try:
             rows = reconstruct_run(run, out)
-        except (OSError, ValueError) as err:
+        except (TalbotLauError, OSError) as err:  # OSError: HDF5's own, on a file it cannot read
             if debug or run in str(err):
                 _report(err, debug)
             else:  # e.g. a frame file: say which run needed it

@@ -41,10 +41,6 @@ from typing import Any
 import numpy as np
 import yaml
 
-# the frame file's compressions, and the light modules of the physics engine (dataclasses,
-# numpy): spekpy and xraydb, which take seconds to import, are imported by the checks that
-# need them, when a file is loaded
-from simulators.frame_file import COMPRESSIONS
 from simulators.physics.phantom import TEXTURES, PhantomSpec
 from simulators.physics.setup import (
     Detector,
@@ -55,8 +51,15 @@ from simulators.physics.setup import (
     Source,
 )
 
+# the frame file's compressions, and the light modules of the physics engine (dataclasses,
+# numpy): spekpy and xraydb, which take seconds to import, are imported by the checks that
+# need them, when a file is loaded
+from simulators.shared.frame_file import COMPRESSIONS
 
-class ConfigError(ValueError):
+from .errors import TalbotLauError
+
+
+class ConfigError(TalbotLauError, ValueError):
     """A configuration file or value is wrong; the message names the file and field."""
 
 
@@ -102,7 +105,7 @@ class ScanConfig:
     """Longest single panel frame (s); a longer exposure is a sum of equal frames."""
     reference_max_age_h: float = 2.0
     """Oldest stored reference fit a projection may use (h); the fringe drifts with
-    temperature, so an older one is refused (``acquisition.reference_fit``)."""
+    temperature, so an older one is refused (``acquisition.storage.reference_fit``)."""
 
 
 @dataclass(frozen=True)
@@ -135,7 +138,7 @@ class ProcessingConfig:
 
     A relative path is looked up next to the instrument file, then among the embedded
     configs/; after loading it is the absolute path of a file that was read and checked
-    (``acquisition.tissue_calibration_file``)."""
+    (``acquisition.storage.tissue_calibration_file``)."""
 
     tissue_calibration: str | None = None
 
@@ -144,7 +147,7 @@ class ProcessingConfig:
 class DetectorConfig(Detector):
     """instrument.yaml's detector: the panel (the physics engine's Detector) and how the
     HDF5 plugin stores its frames, ``compression`` "None", "zlib" or "bslz4"
-    (``simulators.frame_file``; NDFileHDF5's Compression)."""
+    (``simulators.shared.frame_file``; NDFileHDF5's Compression)."""
 
     compression: str = "None"
 
@@ -565,7 +568,10 @@ def _resolve_processing(inst: InstrumentConfig, path: Path, where: str) -> Instr
     name = inst.processing.tissue_calibration
     if name is None:
         return inst
-    from .tissue_calibration_file import CalibrationFileError, read_tissue_calibration
+    from .storage.tissue_calibration_file import (
+        CalibrationFileError,
+        read_tissue_calibration,
+    )
 
     _require(bool(name.strip()), where, "processing.tissue_calibration",
              "must name a calibration file, or be null for none")
@@ -675,3 +681,12 @@ def _limits(pair: tuple[float, float], where: str, name: str, bound: float, unit
     _require(pair[0] < pair[1], where, name, f"low limit {pair[0]:g} must be below high limit {pair[1]:g}")
     _require(-bound <= pair[0] and pair[1] <= bound, where, name,
              f"limits {pair[0]:g}..{pair[1]:g} {unit} exceed +-{bound:g} {unit}")
+
+
+def embedded_calibration():
+    """The tissue calibration (``TissueCalibration``) of the embedded configuration
+    (configs/instrument.yaml), or None: what the processor and the offline reconstruction
+    apply when not told otherwise."""
+    from .storage.tissue_calibration_file import configured_calibration
+
+    return configured_calibration(load_config())

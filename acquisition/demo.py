@@ -19,13 +19,13 @@ from pathlib import Path
 from bluesky import RunEngine
 
 from .config import Config, load_config
-from .derived_collector import DerivedCollector
 from .instrument import simulated_instrument
 from .plans import darkfield_projection
-from .processing import darkfield_router
+from .processing.derived_collector import DerivedCollector
+from .processing.live import darkfield_router
 from .progress import PlanProgress
-from .run_record import run_recorder
-from .tissue_calibration_file import configured_calibration, tissue_correction
+from .storage.run_record import run_recorder
+from .storage.tissue_calibration_file import configured_calibration, tissue_correction
 from .truth_matching import DEFAULT_GATE_MM, Detection, score_detections
 
 BREAST = "breast45"

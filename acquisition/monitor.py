@@ -13,7 +13,7 @@ processing, done, failed with the reason) and the tube's kV/mA/shutter/interlock
 Documents may come from any thread (the RunEngine's, a 0MQ consumer's): they are queued to
 the Qt thread through a signal, so the monitor never blocks acquisition, and an error while
 showing one is logged, never raised.  Derived images (the labels image too) are read through
-the documents' datum references by the RunRouter's filler (:data:`acquisition.frames.HANDLERS`);
+the documents' datum references by the RunRouter's filler (:data:`acquisition.storage.frames.HANDLERS`);
 the clusters' pixels for the scatter from the same derived file's ``cluster_pixels``.
 """
 
@@ -28,7 +28,6 @@ import numpy as np
 import pyqtgraph as pg
 from pyqtgraph.Qt import QtCore, QtWidgets
 
-from .frames import HANDLERS
 from .monitor_panels import (
     CLASS_COLOURS,
     ClusterOverlay,
@@ -37,8 +36,9 @@ from .monitor_panels import (
     MosaicPanel,
     ScatterPanel,
 )
-from .projection import SetAssembler, shutter_open
-from .run_record import sample_id
+from .processing.analysis import SetAssembler
+from .storage.frames import HANDLERS
+from .storage.run_record import sample_id, shutter_open
 
 log = logging.getLogger(__name__)
 

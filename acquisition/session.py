@@ -16,7 +16,7 @@ The session starts in about 3 s (``tests/test_session.py`` prints the figure): w
 to start is not done before the first prompt.  The catalogue (tiled's catalogue, server app
 and in-process client, about 5 s with the writer's import) opens in the catalogue writer's
 buffer thread, whose documents wait for it: ``catalogue`` is a
-:class:`acquisition.catalogue.BackgroundCatalogue`, used as the tiled client it becomes;
+:class:`acquisition.storage.catalogue.BackgroundCatalogue`, used as the tiled client it becomes;
 the first use waits until it is open.  BestEffortCallback (matplotlib.pyplot, about 0.8 s)
 is built at its first document or first use.
 """
@@ -152,7 +152,9 @@ class SessionBestEffort:
             return False
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("bec.enable_plots(): call it from the session's prompt (main thread)")
-        from matplotlib.backends.qt_compat import QtWidgets  # pyqtgraph's binding (PyQt6)
+        from matplotlib.backends.qt_compat import (
+            QtWidgets,  # pyqtgraph's binding (PyQt6)
+        )
 
         # a running Qt application: matplotlib then takes Qt as the interactive framework
         self._app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(["talbot-lau"])
@@ -258,7 +260,7 @@ def session_namespace(instrument, out_dir: str | Path, *, kind: str = "simulated
     BestEffortCallback's table (its LiveTable sleeps 0.1 s at every stop document: as long
     as a suspender waits for the loop before it gives up), the run recorder, the catalogue
     writer, the processor and the monitor each get the documents through a
-    :class:`acquisition.processing.DocumentBuffer` (a thread of their own), so no file,
+    :class:`acquisition.processing.live.DocumentBuffer` (a thread of their own), so no file,
     catalogue or frame I/O ever holds the loop and suspenders and Ctrl-C always answer.
     The catalogue opens in its writer's buffer thread (its first job; documents wait behind
     it).  ``flush()`` in the namespace waits until they have caught up; the namespace's
@@ -269,12 +271,17 @@ def session_namespace(instrument, out_dir: str | Path, *, kind: str = "simulated
     from bluesky.utils import PersistentDict
 
     from . import plans
-    from .catalogue import BackgroundCatalogue, catalogue_writer, find_runs, last_run
-    from .derived_collector import DerivedCollector
     from .plans.source import honour_time_scale
-    from .processing import DocumentBuffer, darkfield_router
+    from .processing.derived_collector import DerivedCollector
+    from .processing.live import DocumentBuffer, darkfield_router
     from .progress import PlanProgress
-    from .run_record import run_recorder
+    from .storage.catalogue import (
+        BackgroundCatalogue,
+        catalogue_writer,
+        find_runs,
+        last_run,
+    )
+    from .storage.run_record import run_recorder
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -304,7 +311,7 @@ def session_namespace(instrument, out_dir: str | Path, *, kind: str = "simulated
         for consumer in derived_consumers:
             consumer(name, doc)
 
-    from .tissue_calibration_file import configured_calibration
+    from .storage.tissue_calibration_file import configured_calibration
 
     processor = darkfield_router(out, publish=publish, calibration=configured_calibration(instrument.config))
     bec.buffer = DocumentBuffer(bec, "table")
@@ -354,7 +361,7 @@ def start_session(instrument, out_dir, *, kind: str, command: str | None = None,
     if publish:
         from bluesky.callbacks.zmq import Publisher
 
-        from .remote import parse_address, serialize
+        from .processing.remote import parse_address, serialize
 
         namespace["RE"].subscribe(Publisher(parse_address(publish), serializer=serialize))  # msgpack
     config = Config()

@@ -36,7 +36,13 @@ from pathlib import Path
 import numpy as np
 
 from .config import Config, load_config
-from .truth_matching import DEFAULT_GATE_MM, Detection, pixel_centres_mm, score_detections
+from .errors import TalbotLauError
+from .truth_matching import (
+    DEFAULT_GATE_MM,
+    Detection,
+    pixel_centres_mm,
+    score_detections,
+)
 
 DEFAULT_DOSES_MGY = (72.0, 36.0, 18.0, 9.0, 4.5, 2.5)
 DEFAULT_TISSUES = ("breast45", "paraffin10")
@@ -52,7 +58,7 @@ MALIGNANT_FRACTION = {"ultra-fine": 0.12, "fine": 0.37, "pleomorphic": 0.68, "co
 al. 2016, Results, "Microtexture of microcalcifications as a potential indicator")."""
 
 
-class StudyArgumentError(ValueError):
+class StudyArgumentError(TalbotLauError, ValueError):
     """A study argument is wrong; the message starts with the option's name."""
 
 
@@ -237,7 +243,7 @@ def simulate_projection(setup, phantom, config: Config, exposure_s: float, seeds
     from simulators.physics import TubeState, simulate_frame
 
     from .plans.stubs import LAG_FLUSH_FRAMES
-    from .projection import ProjectionFrames
+    from .processing.analysis import ProjectionFrames
 
     scan, tube_cfg = config.instrument.scan, config.instrument.tube
     stage = tuple(config.instrument.stage.sample_position_mm)
@@ -292,8 +298,8 @@ def run_task(task: StudyTask) -> dict:
     """Simulate, retrieve, classify and match one tissue at one dose (a pure function of
     ``task``): the true clusters with their match, and the false clusters."""
     from .plans.stubs import LAG_FLUSH_FRAMES
-    from .projection import classify_image, retrieve_projection
-    from .tissue_calibration_file import tissue_correction
+    from .processing.analysis import classify_image, retrieve_projection
+    from .storage.tissue_calibration_file import tissue_correction
 
     started = time.perf_counter()
     config = task.config
@@ -487,8 +493,11 @@ def run_study(out_dir: str | Path, *, doses=DEFAULT_DOSES_MGY, tissues=DEFAULT_T
               config: Config | None = None, progress: bool = True) -> dict:
     """Run the study and write report.json, report.md and the plots into ``out_dir``;
     returns the report (the content of report.json)."""
+    from .storage.tissue_calibration_file import (
+        calibration_record,
+        configured_calibration,
+    )
     from .study_report import write_report
-    from .tissue_calibration_file import calibration_record, configured_calibration
 
     config = config or load_config()
     dose_values, names = check_arguments(doses, tissues, clusters, seed, workers, config)
@@ -523,7 +532,7 @@ def run_study(out_dir: str | Path, *, doses=DEFAULT_DOSES_MGY, tissues=DEFAULT_T
 def _versions() -> dict:
     from importlib import metadata
 
-    from .nexus import software_version
+    from .storage.nexus import software_version
 
     versions = {"talbot-lau": software_version()}
     for package in ("numpy", "scipy", "spekpy", "xraydb"):

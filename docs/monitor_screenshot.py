@@ -21,7 +21,7 @@ from acquisition.config import load_config
 from acquisition.instrument import simulated_instrument
 from acquisition.monitor import MonitorWindow
 from acquisition.plans import darkfield_mosaic
-from acquisition.processing import darkfield_router
+from acquisition.processing.live import darkfield_router
 
 PATH = Path(__file__).parent / "img" / "monitor.png"
 

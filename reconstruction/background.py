@@ -9,6 +9,11 @@ the noise sigma are estimated robustly per block (median and MAD of ``block_px``
 ``block_px`` tiles, then a median over neighbouring tiles), and interpolated back to full
 resolution.  The result is the excess over the local tissue in units of the image and a
 per-pixel noise sigma.
+
+A large image is worked on in bands of rows (:func:`excess_bands`): the filters on each band
+with a halo of ``background_px + 2`` rows, the block statistics on bands aligned to the
+blocks, the median over tiles and the fill value (median of the finite pixels) over the whole
+image, so every band equals those rows of the whole-image result, bit for bit.
 """
 
 from __future__ import annotations
@@ -89,39 +94,139 @@ def _linear_weights(n_pixels: int, block_px: int, n_tiles: int):
     return low, high, position - low
 
 
-def _to_pixels(tiles: np.ndarray, block_px: int, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear (separable) interpolation of tile values at tile centres to every pixel."""
-    low, high, w = _linear_weights(shape[0], block_px, tiles.shape[0])
-    rows = tiles[low] * (1 - w)[:, None] + tiles[high] * w[:, None]
+def _to_pixels(tiles: np.ndarray, block_px: int, shape: tuple[int, int],
+               rows: slice = slice(None)) -> np.ndarray:
+    """Bilinear (separable) interpolation of tile values at tile centres to every pixel
+    of ``rows`` of an image of ``shape``."""
+    low, high, w = (a[rows] for a in _linear_weights(shape[0], block_px, tiles.shape[0]))
+    along = tiles[low] * (1 - w)[:, None] + tiles[high] * w[:, None]
     low, high, w = _linear_weights(shape[1], block_px, tiles.shape[1])
-    return rows[:, low] * (1 - w) + rows[:, high] * w
+    return along[:, low] * (1 - w) + along[:, high] * w
 
 
-def local_excess(image, *, background_px: int = 81, block_px: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Excess of ``image`` (e.g. mu or eps) over its local background, and the noise sigma.
+BAND_PIXELS = 1 << 21
+"""Pixels of one band (about 2.1 Mpx, 17 MB as float64) when an image is worked on in bands
+of rows: a full 1536 x 1920 frame is two bands, a 5683 x 7104 mosaic nineteen.  Smaller
+bands save little more memory (the halos grow) and are not faster."""
 
-    Returns two float32 arrays of the image's shape: the excess (0 where the image is not
-    finite) and the robust per-pixel noise sigma of that excess (>= MIN_SIGMA).
+
+def row_bands(n_rows: int, n_columns: int, band_rows: int | None = None,
+              multiple: int = 1) -> list[tuple[int, int]]:
+    """(first, stop) of consecutive bands of rows covering ``n_rows``: ``band_rows`` rows
+    each (rounded up to a multiple of ``multiple``), None: about BAND_PIXELS pixels each."""
+    if band_rows is None:
+        band_rows = BAND_PIXELS // max(n_columns, 1)
+    elif isinstance(band_rows, bool) or not isinstance(band_rows, (int, float, np.integer, np.floating)) \
+            or not 1 <= band_rows < np.inf or int(band_rows) != band_rows:
+        raise ValueError(f"band_rows must be a positive number of rows or None, got {band_rows!r}")
+    band_rows = -(-max(int(band_rows), 1) // multiple) * multiple
+    return [(first, min(first + band_rows, n_rows)) for first in range(0, n_rows, band_rows)] or [(0, 0)]
+
+
+def _float32_key(values: np.ndarray) -> np.ndarray:
+    """uint32 keys that sort as the float32 ``values`` do (finite values; -0 as +0)."""
+    bits = (values.astype(np.float32) + np.float32(0)).view(np.uint32)
+    return np.where(bits >> 31, ~bits, bits | np.uint32(1 << 31))
+
+
+def _from_key(key: int) -> np.float32:
+    bits = np.uint32(key)
+    bits = bits & np.uint32(0x7FFFFFFF) if bits >> 31 else ~bits
+    return np.array([bits], np.uint32).view(np.float32)[0]
+
+
+def _finite_count_and_median(read, bands) -> tuple[int, int, np.float32 | None]:
+    """Pixels, finite pixels and, if some are not finite, the median of the finite values
+    of the float32 image whose rows ``read(slice)`` returns: ``np.median(image[finite])``
+    exactly (a radix selection on the float32 bits, two reads of the image, in bands)."""
+    high = np.zeros(1 << 16, np.int64)
+    total = 0
+    for first, stop in bands:
+        image = read(slice(first, stop))
+        total += image.size
+        high += np.bincount((_float32_key(image[np.isfinite(image)]) >> 16).astype(np.intp),
+                            minlength=1 << 16)
+    n = int(high.sum())
+    if n == 0 or n == total:
+        return total, n, None
+    ranks = (n // 2,) if n % 2 else (n // 2 - 1, n // 2)
+    cumulative = np.cumsum(high)
+    wanted = {rank: int(np.searchsorted(cumulative, rank, side="right")) for rank in ranks}
+    low = {h: np.zeros(1 << 16, np.int64) for h in set(wanted.values())}
+    for first, stop in bands:
+        image = read(slice(first, stop))
+        keys = _float32_key(image[np.isfinite(image)])
+        for h, counts in low.items():
+            counts += np.bincount((keys[(keys >> 16) == h] & 0xFFFF).astype(np.intp), minlength=1 << 16)
+    middle = []
+    for rank, h in wanted.items():
+        within = rank - (int(cumulative[h - 1]) if h else 0)
+        middle.append(_from_key((h << 16) | int(np.searchsorted(np.cumsum(low[h]), within, side="right"))))
+    return total, n, np.median(np.array(middle, np.float32))
+
+
+def excess_bands(read, shape: tuple[int, int], *, background_px: int = 81, block_px: int = 16,
+                 band_rows: int | None = None):
+    """:func:`local_excess` of a large image, band of rows by band: yields ``(rows, excess,
+    sigma)`` for consecutive bands (``rows`` a slice), each equal to those rows of the
+    whole-image result.  ``read(rows)`` returns those rows of the image as float32; it is
+    called a few times per band.  Memory: one float32 residual of the image plus a band's
+    filters (``band_rows`` rows, a multiple of ``block_px``; None: about BAND_PIXELS pixels).
     """
-    image = np.asarray(image, dtype=np.float32)
-    if image.ndim != 2:
-        raise ValueError(f"image must be 2-D, got shape {image.shape}")
     if background_px < 3:
         raise ValueError(f"background_px must be >= 3 pixels, got {background_px}")
-    finite = np.isfinite(image)
-    if not finite.any():
-        return np.zeros_like(image), np.full_like(image, np.inf)  # nothing to measure
-    filled = np.where(finite, image, np.median(image[finite])).astype(np.float32)
-    base = ndimage.grey_opening(median3x3(filled), size=(background_px, background_px), mode="nearest")
-    residual = np.where(finite, filled - base, np.float32(np.nan))
+    if int(block_px) != block_px or block_px < 1:
+        raise ValueError(f"block_px must be a positive number of pixels, got {block_px}")
+    ny, nx = shape
+    bands = row_bands(ny, nx, band_rows, block_px)
+    _, n_finite, fill = _finite_count_and_median(read, bands)
+    if n_finite == 0:  # nothing to measure
+        for first, stop in bands:
+            yield (slice(first, stop), np.zeros((stop - first, nx), np.float32),
+                   np.full((stop - first, nx), np.inf, np.float32))
+        return
+    halo = background_px + 2  # the 3 x 3 median, then erosion and dilation of background_px
+    residual = np.empty(shape, np.float32)
+    for first, stop in bands:
+        top, bottom = max(first - halo, 0), min(stop + halo, ny)
+        image = read(slice(top, bottom))
+        finite = np.isfinite(image)
+        filled = image if fill is None else np.where(finite, image, fill).astype(np.float32)
+        base = ndimage.grey_opening(median3x3(filled), size=(background_px, background_px), mode="nearest")
+        core = slice(first - top, stop - top)
+        residual[first:stop] = np.where(finite[core], filled[core] - base[core], np.float32(np.nan))
+        del image, finite, filled, base
 
     neighbourhood = max(3, 2 * (background_px // (2 * block_px)) + 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN tiles give NaN, filled later
-        offset_tiles = _smooth_tiles(_block_median(residual, block_px), neighbourhood)
-        offset = _to_pixels(offset_tiles, block_px, image.shape)
-        spread = np.abs(residual - offset)
-        sigma_tiles = _smooth_tiles(MAD_TO_SIGMA * _block_median(spread, block_px), neighbourhood)
-    sigma = np.maximum(_to_pixels(sigma_tiles, block_px, image.shape), MIN_SIGMA)
-    return (np.where(finite, residual - offset, 0.0).astype(np.float32, copy=False),
-            sigma.astype(np.float32, copy=False))
+        offset_tiles = _smooth_tiles(np.concatenate(
+            [_block_median(residual[first:stop], block_px) for first, stop in bands]), neighbourhood)
+        spread_tiles = [_block_median(np.abs(residual[first:stop] - _to_pixels(
+            offset_tiles, block_px, shape, slice(first, stop))), block_px) for first, stop in bands]
+        sigma_tiles = _smooth_tiles(MAD_TO_SIGMA * np.concatenate(spread_tiles), neighbourhood)
+    for first, stop in bands:
+        rows = slice(first, stop)
+        band = residual[rows]
+        sigma = np.maximum(_to_pixels(sigma_tiles, block_px, shape, rows), MIN_SIGMA)
+        yield (rows, np.where(np.isnan(band), 0.0, band - _to_pixels(offset_tiles, block_px, shape, rows)
+                              ).astype(np.float32, copy=False), sigma.astype(np.float32, copy=False))
+
+
+def local_excess(image, *, background_px: int = 81, block_px: int = 16,
+                 band_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Excess of ``image`` (e.g. mu or eps) over its local background, and the noise sigma.
+
+    Returns two float32 arrays of the image's shape: the excess (0 where the image is not
+    finite) and the robust per-pixel noise sigma of that excess (>= MIN_SIGMA).  Computed in
+    bands of ``band_rows`` rows (:func:`excess_bands`; the result does not depend on it).
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 2:
+        raise ValueError(f"image must be 2-D, got shape {image.shape}")
+    excess, sigma = np.empty_like(image), np.empty_like(image)
+    for rows, band_excess, band_sigma in excess_bands(image.__getitem__, image.shape,
+                                                      background_px=background_px,
+                                                      block_px=block_px, band_rows=band_rows):
+        excess[rows], sigma[rows] = band_excess, band_sigma
+    return excess, sigma

@@ -66,7 +66,7 @@ def analyse_clusters(transmission, dark_field, labels=None, *, mask=None,
     left out.  ``mask``: the calcified pixels when already computed (by
     :func:`calcified_mask` with the same thresholds), so they are not computed twice.
     """
-    transmission, dark_field = check_images(transmission, dark_field)
+    transmission, dark_field = check_images(transmission, dark_field, dtype=None)  # no copy
     ring_kwargs = {k: segment_kwargs.pop(k) for k in RING_KWARGS if k in segment_kwargs}
     label_kwargs = {k: segment_kwargs.pop(k) for k in LABEL_KWARGS if k in segment_kwargs}
     unknown = sorted(segment_kwargs.keys() - set(MASK_KWARGS))
@@ -90,8 +90,8 @@ def analyse_clusters(transmission, dark_field, labels=None, *, mask=None,
         if pixels.sum() < 3 or not (np.isfinite(ts) and np.isfinite(vs)):
             continue
         with np.errstate(divide="ignore", invalid="ignore"):
-            mu = -np.log(transmission[box][pixels] / ts)
-            eps = -np.log(dark_field[box][pixels] / vs)
+            mu = -np.log(transmission[box][pixels].astype(np.float64) / ts)
+            eps = -np.log(dark_field[box][pixels].astype(np.float64) / vs)
         try:
             texture = classify_microtexture(mu, eps)
         except ValueError:

@@ -42,7 +42,7 @@ def surrounding_tissue(transmission, dark_field, labels, *, ring_px: float = 6,
                        gap_px: float = 2) -> dict[int, tuple[float, float]]:
     """Per cluster label: (Ts, Vs), the medians of T and V over its ring of tissue
     (NaN, NaN) if the ring has fewer than 3 usable pixels."""
-    transmission, dark_field = check_images(transmission, dark_field)
+    transmission, dark_field = check_images(transmission, dark_field, dtype=None)  # no copy
     labels = check_labels(labels, transmission.shape)
     _check_ring(ring_px, gap_px)
     usable = np.isfinite(transmission) & np.isfinite(dark_field)
@@ -58,8 +58,8 @@ def surrounding_tissue(transmission, dark_field, labels, *, ring_px: float = 6,
         if ring.sum() < MIN_RING_PIXELS:  # enclosed by other clusters or NaNs
             result[index] = (np.nan, np.nan)
         else:
-            result[index] = (float(np.median(transmission[box][ring])),
-                             float(np.median(dark_field[box][ring])))
+            result[index] = (float(np.median(transmission[box][ring].astype(np.float64))),
+                             float(np.median(dark_field[box][ring].astype(np.float64))))
     return result
 
 

@@ -8,6 +8,9 @@ robust local noise sigma by default, or an absolute ``mu_threshold``/``eps_thres
 A morphological closing with a disc of radius ``closing`` pixels merges the grains of one
 cluster; ``scipy.ndimage.label`` numbers the closed regions; a region with fewer than
 ``min_pixels`` calcified pixels is dropped.
+
+A large image (a stitched mosaic) is worked on in bands of rows with halos, so memory stays
+bounded; the mask and labels are bit-identical to the whole image's.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .background import local_excess, negative_log
+from .background import excess_bands, negative_log, row_bands
 
 DEFAULT_K_SIGMA = 5.0
 DEFAULT_CLOSING_PX = 12
@@ -25,10 +28,19 @@ DEFAULT_BACKGROUND_PX = 81
 """Side of the opening square (pixels, ~7 mm at 85 um): wider than a cluster."""
 
 
-def check_images(transmission, dark_field) -> tuple[np.ndarray, np.ndarray]:
-    """T and V as float64 2-D arrays of one shape, or a ValueError naming the problem."""
-    transmission = np.asarray(transmission, dtype=np.float64)
-    dark_field = np.asarray(dark_field, dtype=np.float64)
+def check_images(transmission, dark_field, *, dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
+    """T and V as 2-D arrays of one shape, or a ValueError naming the problem.
+
+    ``dtype``: float64 (a copy of other input); None: float32 and float64 images are kept as
+    given (no copy of a large float32 mosaic), others become float64.
+    """
+    if dtype is None:
+        transmission, dark_field = (image if isinstance(image, np.ndarray) and image.dtype in
+                                    (np.float32, np.float64) else np.asarray(image, np.float64)
+                                    for image in (transmission, dark_field))
+    else:
+        transmission = np.asarray(transmission, dtype=dtype)
+        dark_field = np.asarray(dark_field, dtype=dtype)
     if transmission.ndim != 2:
         raise ValueError(f"transmission must be a 2-D image, got shape {transmission.shape}")
     if dark_field.shape != transmission.shape:
@@ -47,22 +59,28 @@ def _threshold(value, name: str) -> float | None:
 
 def calcified_mask(transmission, dark_field, *, eps_threshold=None, mu_threshold=None,
                    k_sigma: float = DEFAULT_K_SIGMA,
-                   background_px: int = DEFAULT_BACKGROUND_PX) -> np.ndarray:
+                   background_px: int = DEFAULT_BACKGROUND_PX,
+                   band_rows: int | None = None) -> np.ndarray:
     """Pixels whose mu or eps exceeds the local tissue background by the threshold.
 
     ``eps_threshold``/``mu_threshold``: absolute excess of eps = -ln V / mu = -ln T over the
     local background; None: ``k_sigma`` times the robust local noise sigma of that image.
+    ``band_rows``: rows worked on at once (:func:`reconstruction.background.excess_bands`;
+    None: about 2 Mpx); the mask does not depend on it, the memory does.
     """
-    transmission, dark_field = check_images(transmission, dark_field)
+    transmission, dark_field = check_images(transmission, dark_field, dtype=None)
     eps_threshold = _threshold(eps_threshold, "eps_threshold")
     mu_threshold = _threshold(mu_threshold, "mu_threshold")
     if not np.isfinite(k_sigma) or k_sigma <= 0:
         raise ValueError(f"k_sigma must be a positive number, got {k_sigma}")
     mask = np.zeros(transmission.shape, dtype=bool)
-    for image, threshold in ((negative_log(transmission), mu_threshold),
-                             (negative_log(dark_field), eps_threshold)):
-        excess, sigma = local_excess(image, background_px=int(background_px))
-        mask |= excess > (k_sigma * sigma if threshold is None else threshold)
+    for image, threshold in ((transmission, mu_threshold), (dark_field, eps_threshold)):
+        def read(rows, image=image):  # mu or eps of those rows, as local_excess takes it
+            return negative_log(image[rows]).astype(np.float32)
+
+        for rows, excess, sigma in excess_bands(read, image.shape, background_px=int(background_px),
+                                                band_rows=band_rows):
+            mask[rows] |= excess > (k_sigma * sigma if threshold is None else threshold)
     return mask
 
 
@@ -73,15 +91,33 @@ def _check_label_arguments(min_pixels, closing) -> None:
         raise ValueError(f"closing must be a radius in pixels >= 0, got {closing}")
 
 
-def merge_grains(mask: np.ndarray, radius_px: float) -> np.ndarray:
+def merge_grains(mask: np.ndarray, radius_px: float, *, band_rows: int | None = None) -> np.ndarray:
     """Morphological closing of ``mask`` with a disc of ``radius_px`` (Euclidean, via the
-    distance transform, no border erosion); always contains ``mask``."""
+    distance transform, no border erosion); always contains ``mask``.
+
+    Worked on in bands of ``band_rows`` rows (None: about 2 Mpx) with a halo of twice the
+    radius, so the float64 distance maps stay band-sized; the result does not depend on it.
+    """
     if radius_px <= 0 or not mask.any():
         return mask.copy()
-    dilated = ndimage.distance_transform_edt(~mask) <= radius_px
-    if dilated.all():
-        return dilated
-    return (ndimage.distance_transform_edt(dilated) > radius_px) | mask
+    halo = int(np.ceil(radius_px)) + 1  # a nearest pixel within radius_px is within halo rows
+    ny = mask.shape[0]
+    closed = np.empty_like(mask)
+    for first, stop in row_bands(ny, mask.shape[1], band_rows):
+        top, bottom = max(first - 2 * halo, 0), min(stop + 2 * halo, ny)
+        near = mask[top:bottom]  # dilated: exact on the rows within halo of the band
+        dilated = (ndimage.distance_transform_edt(~near) <= radius_px) if near.any() else np.zeros_like(near)
+        inner = slice(max(first - halo, 0) - top, min(stop + halo, ny) - top)
+        dilated, near = dilated[inner], near[inner]
+        if dilated.all():
+            band = dilated
+        elif not dilated.any():
+            band = near
+        else:
+            band = (ndimage.distance_transform_edt(dilated) > radius_px) | near
+        core = first - max(first - halo, 0)
+        closed[first:stop] = band[core:core + stop - first]
+    return closed
 
 
 def segment_clusters(transmission, dark_field, *, eps_threshold=None, mu_threshold=None,
@@ -103,14 +139,18 @@ def segment_clusters(transmission, dark_field, *, eps_threshold=None, mu_thresho
 
 
 def label_clusters(mask: np.ndarray, *, min_pixels: int = 20,
-                   closing: float = DEFAULT_CLOSING_PX) -> np.ndarray:
-    """Label the closed regions of a calcified-pixel mask, as :func:`segment_clusters`."""
+                   closing: float = DEFAULT_CLOSING_PX, band_rows: int | None = None) -> np.ndarray:
+    """Label the closed regions of a calcified-pixel mask, as :func:`segment_clusters`.
+    ``band_rows``: as :func:`merge_grains` (the labels do not depend on it)."""
     _check_label_arguments(min_pixels, closing)
     mask = np.asarray(mask, dtype=bool)
-    regions, count = ndimage.label(merge_grains(mask, closing))
+    regions, count = ndimage.label(merge_grains(mask, closing, band_rows=band_rows))
     calcified = np.bincount(regions[mask], minlength=count + 1)
     keep = np.flatnonzero(calcified >= min_pixels)
     keep = keep[keep > 0]
     relabel = np.zeros(count + 1, dtype=np.int32)
     relabel[keep] = np.arange(1, keep.size + 1, dtype=np.int32)
-    return relabel[regions]
+    regions = regions.astype(np.int32, copy=False)
+    for first, stop in row_bands(*regions.shape, band_rows):  # in place: no second label image
+        regions[first:stop] = relabel[regions[first:stop]]
+    return regions

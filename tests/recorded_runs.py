@@ -5,11 +5,11 @@ from pathlib import Path
 
 from bluesky import RunEngine
 
-from acquisition.derived_collector import DerivedCollector
+from acquisition.processing.derived_collector import DerivedCollector
 from acquisition.instrument import simulated_instrument
 from acquisition.plans import darkfield_projection
-from acquisition.processing import darkfield_router
-from acquisition.run_record import run_recorder
+from acquisition.processing.live import darkfield_router
+from acquisition.storage.run_record import run_recorder
 from simulators.physics import Phantom, TissueSlab
 from specimens import class_cluster
 

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from bluesky import RunEngine
 
-from acquisition.catalogue import (
+from acquisition.storage.catalogue import (
     asset_path, catalogue_writer, connect_catalogue, find_runs, open_catalogue, read_api_key,
     relative_uri, server_api_key, server_command, server_environment)
-from acquisition.frames import HANDLERS, HDF5FrameHandler, open_frame_files
+from acquisition.storage.frames import HANDLERS, HDF5FrameHandler, open_frame_files
 from acquisition.instrument import simulated_instrument
 from acquisition.plans import darkfield_projection
-from acquisition.processing import darkfield_router
+from acquisition.processing.live import darkfield_router
 from conftest import small_config
 
 API_KEY = secrets.token_hex(16)  # tiled wants letters and digits only
@@ -183,7 +183,7 @@ def test_a_failing_catalogue_never_fails_the_scan(tmp_path, caplog):
     instrument = simulated_instrument(small_config(rows=32, cols=32), write_path=tmp_path)
     (uid,) = engine(darkfield_projection(instrument, steps=3, dark_frames=1, sample={"id": "S-19"}))
     assert uid
-    errors = [r for r in caplog.records if r.levelname == "ERROR" and r.name == "acquisition.catalogue"]
+    errors = [r for r in caplog.records if r.levelname == "ERROR" and r.name == "acquisition.storage.catalogue"]
     assert len(errors) == 1 and "start document not written" in errors[0].getMessage()
 
 
@@ -240,7 +240,7 @@ def test_api_key_from_a_private_file_the_environment_or_fresh(tmp_path, monkeypa
 @pytest.mark.parametrize("holder", ["frames' shared handle", "h5py swmr", "h5py"])
 def test_a_frame_reads_while_its_file_is_open_elsewhere_in_the_process(catalogued, holder):
     """tiled's HDF5 adapter opened the file anew with swmr=True: OSError (SWMR read access
-    flag not the same) when the process already held it without SWMR, as acquisition.frames'
+    flag not the same) when the process already held it without SWMR, as acquisition.storage.frames'
     handle does for a finished file.  Our adapter reads through that handle."""
     client, uids, recorder, _ = catalogued
     uid = uids["S-17"]

@@ -11,18 +11,23 @@ import h5py
 import numpy as np
 import pytest
 from bluesky import RunEngine
+from conftest import small_config
+from specimens import class_cluster
 
-from acquisition.frames import FrameLoader, FrameRef
+from acquisition.config import embedded_calibration
 from acquisition.instrument import simulated_instrument
 from acquisition.plans import darkfield_mosaic, darkfield_projection
-from acquisition.reconstruct import reconstruct_run
-from acquisition.run_record import read_run_record, run_recorder
-from acquisition.tissue_calibration_file import calibration_record, embedded_calibration
-from conftest import small_config
+from acquisition.processing.offline import reconstruct_run
+from acquisition.storage.frames import FrameLoader, FrameRef
+from acquisition.storage.run_record import read_run_record, run_recorder
+from acquisition.storage.tissue_calibration_file import calibration_record
 from reconstruction import SUSPICIOUS_RATIO, TABLE_1
-from reconstruction.segmentation import DEFAULT_BACKGROUND_PX, DEFAULT_CLOSING_PX, DEFAULT_K_SIGMA
+from reconstruction.segmentation import (
+    DEFAULT_BACKGROUND_PX,
+    DEFAULT_CLOSING_PX,
+    DEFAULT_K_SIGMA,
+)
 from simulators.physics import Phantom, TissueSlab
-from specimens import class_cluster
 
 CLUSTER_MM = (1.5, -1.0)
 """(x, y) of the projection's cluster: off centre on both axes, so a sign error shows."""
@@ -218,7 +223,7 @@ def test_nxcheck_finds_no_error_and_only_the_documented_warning(kind, projection
 def test_a_wrong_context_is_refused_by_name(mosaic, tmp_path, change, argument):
     from types import SimpleNamespace
 
-    from acquisition.derived_store import write_derived
+    from acquisition.storage.derived_store import write_derived
 
     _, record, uid, _ = mosaic
     images = SimpleNamespace(**{name: np.ones((4, 4)) for name in IMAGES[:-1]})
@@ -230,7 +235,7 @@ def test_a_wrong_context_is_refused_by_name(mosaic, tmp_path, change, argument):
 
 def test_a_stored_reference_fit_is_recorded_and_found_after_a_move(tmp_path):
     from acquisition.cli import main
-    from acquisition.reference_fit import save_reference_fit
+    from acquisition.processing.offline import save_reference_fit
 
     folder = tmp_path / "run"
     instrument = simulated_instrument(small_config(rows=64, cols=64), write_path=folder / "raw")

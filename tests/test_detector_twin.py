@@ -18,7 +18,7 @@ from caproto import ErrorResponseReceived
 from caproto.sync.client import read, write
 from caproto.threading.client import Context
 
-from acquisition.frames import HDF5FrameHandler
+from acquisition.storage.frames import HDF5FrameHandler
 from ioc_fixture import _free_port, searching_port, spawn_ioc, stop_ioc
 
 pytest_plugins = ["ioc_fixture"]  # the session fixture ``ioc``

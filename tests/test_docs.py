@@ -164,7 +164,7 @@ def assert_as_the_truth(configs: Path, rows: list[dict], expected: Counter, stag
     the classes the clusters were drawn as (the specimen's truth)."""
     from acquisition.config import load_config
     from acquisition.study import true_ratios
-    from acquisition.tissue_calibration_file import tissue_correction
+    from acquisition.storage.tissue_calibration_file import tissue_correction
     from acquisition.truth_matching import Detection, score_detections
     from reconstruction.microtexture import texture_of
     from simulators.physics import build_phantom
@@ -189,7 +189,7 @@ def noise_free_textures(configs: Path, stage_mm=None) -> list[str]:
     configuration in ``configs``: what a measurement of that specimen should classify."""
     from acquisition.config import load_config
     from acquisition.study import true_ratios
-    from acquisition.tissue_calibration_file import tissue_correction
+    from acquisition.storage.tissue_calibration_file import tissue_correction
     from simulators.physics import build_phantom
 
     config = load_config(configs / "instrument.yaml", configs / "simulation.yaml")
@@ -252,7 +252,7 @@ def require_free(*ports: int) -> None:
 
 
 def wait_for_catalogue(url: str, key_file: Path, timeout: float = 60.0):
-    from acquisition.catalogue import connect_catalogue
+    from acquisition.storage.catalogue import connect_catalogue
 
     deadline = time.monotonic() + timeout
     while True:
@@ -474,7 +474,7 @@ def sessions(tmp_path_factory, configs_12, tl_iocs):
 def serve_the_catalogue_of(cwd: Path, uid: str) -> dict:
     """operating.md's catalogue server on a session's ``data``: what comes back through it."""
     require_free(8000)
-    from acquisition.catalogue import find_runs
+    from acquisition.storage.catalogue import find_runs
 
     (serve,) = commands(block(OPERATING, "catalogue-server").text)
     found = {}
@@ -544,7 +544,7 @@ def test_the_rehearsal_over_channel_access_with_the_monitor_equals_reconstruct(s
     assert f"run_{uid8}.nxs: 12 clusters" in offline.stdout
     data = cwd / "talbot-lau-data"
     assert_same_derived(data / f"derived_{uid8}.h5", cwd / "offline" / f"derived_{uid8}.h5")
-    from acquisition.run_record import read_run_record  # frame files resolved against the record's folder
+    from acquisition.storage.run_record import read_run_record  # frame files resolved against the record's folder
     files = set(read_run_record(data / f"run_{uid8}.nxs").frames["file"])
     assert all(Path(f).parent.resolve().is_relative_to(TL_FRAMES.resolve()) for f in files), files
 
@@ -559,7 +559,7 @@ report(derived=len(_derived), textures=sorted(str(t) for uid in _derived
                                               for t in _derived[uid]["clusters"]["texture"].read()))
 _reopened.context.close()
 import time as _time
-from acquisition.catalogue import connect_catalogue as _connect
+from acquisition.storage.catalogue import connect_catalogue as _connect
 for _ in range(600):  # the server starts when the 0MQ session has written talbot-lau-data
     try:
         _connect("http://127.0.0.1:8000", api_key_file="talbot-lau-data/catalogue/api_key").context.close()
@@ -662,7 +662,7 @@ def test_the_tiled_command_by_hand_is_the_one_the_package_builds():
     """The by-hand ``tiled serve`` of docs/catalogue.md names a lab's paths (/srv/runs), so it
     is checked against what ``server_command`` builds for that directory (the server itself
     runs in the catalogue tests), and the key travels in the environment."""
-    from acquisition.catalogue import TILED_KEY_ENV, server_command
+    from acquisition.storage.catalogue import TILED_KEY_ENV, server_command
 
     (command,) = commands(block(CATALOGUE, "tiled-serve-by-hand").text)
     assert command.startswith(f'{TILED_KEY_ENV}="$(cat key-file)" ')
@@ -785,7 +785,7 @@ def test_the_hdf5_example_classifies_the_clusters_as_the_truth(tmp_path, configs
     from acquisition.config import load_config
     from acquisition.instrument import simulated_instrument
     from acquisition.plans import darkfield_projection
-    from acquisition.run_record import read_run_record, run_recorder
+    from acquisition.storage.run_record import read_run_record, run_recorder
 
     config = load_config(configs_2 / "instrument.yaml", configs_2 / "simulation.yaml")
     engine = RunEngine({})

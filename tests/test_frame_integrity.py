@@ -1,11 +1,11 @@
 """A corrupted frame fails to read, naming the file, instead of classifying wrongly: both
-twins write frames with the HDF5 Fletcher32 checksum (simulators/frame_file.py)."""
+twins write frames with the HDF5 Fletcher32 checksum (simulators/shared/frame_file.py)."""
 
 import numpy as np
 import pytest
 
-from acquisition.frames import FrameReadError, HDF5FrameHandler
-from simulators.frame_file import append_frame, create_frame_file
+from acquisition.storage.frames import FrameReadError, HDF5FrameHandler
+from simulators.shared.frame_file import append_frame, create_frame_file
 
 
 def flip_one_bit_of_frame(path, frame_index: int) -> None:

@@ -4,7 +4,7 @@ import h5py
 import numpy as np
 import pytest
 
-from acquisition.frames import DerivedImageHandler, FrameReadError, HDF5FrameHandler
+from acquisition.storage.frames import DerivedImageHandler, FrameReadError, HDF5FrameHandler
 
 
 def write_frames(path, count=3):
@@ -66,13 +66,13 @@ def test_bitshuffle_lz4_files_read_in_a_fresh_process(tmp_path):
     import subprocess
     import sys
 
-    from simulators.frame_file import append_frame, close_frame_file, create_frame_file
+    from simulators.shared.frame_file import append_frame, close_frame_file, create_frame_file
 
     path = tmp_path / "bslz4.h5"
     file, dataset = create_frame_file(str(path), (4, 5), compression="bslz4")
     append_frame(dataset, np.arange(20, dtype=np.uint16).reshape(4, 5))
     close_frame_file(file)
-    read = ("from acquisition.frames import HDF5FrameHandler\n"
+    read = ("from acquisition.storage.frames import HDF5FrameHandler\n"
             f"h = HDF5FrameHandler({str(path)!r}); print(int(h(0).sum())); h.close()")
     result = subprocess.run([sys.executable, "-c", read], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -85,7 +85,7 @@ def test_a_file_being_written_shows_each_frame_with_its_ndattributes(tmp_path):
     import subprocess
     import sys
 
-    from simulators.frame_file import append_frame, close_frame_file, create_frame_file
+    from simulators.shared.frame_file import append_frame, close_frame_file, create_frame_file
 
     path = tmp_path / "growing_000000.h5"
     file, dataset = create_frame_file(str(path), (4, 5), compression="zlib")

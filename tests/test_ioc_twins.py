@@ -265,7 +265,7 @@ def test_stock_ophyd_area_detector_classes_acquire_into_files(ioc, tube):
     from ophyd.areadetector.filestore_mixins import FileStoreHDF5IterativeWrite
     from ophyd.areadetector.plugins import HDF5Plugin
 
-    from acquisition.frames import HDF5FrameHandler
+    from acquisition.storage.frames import HDF5FrameHandler
 
     class StockHDF5(HDF5Plugin, FileStoreHDF5IterativeWrite):
         pass

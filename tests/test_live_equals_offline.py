@@ -6,7 +6,7 @@ and the monitor shows the frames the IOC wrote.  The cause of the wrong results 
 sharing of one open dataset among all the handles a process opens to it: with the monitor's
 filler and the processor's worker both holding the IOC's growing SWMR file open, every frame
 appended after the first open read as the first frame read (the dark frame), silently
-(``acquisition/frames.py``, module docstring).  The frame-level tests below show it with a
+(``acquisition/storage/frames.py``, module docstring).  The frame-level tests below show it with a
 writer in another process, as the IOC is.
 """
 
@@ -24,7 +24,7 @@ import pytest
 from conftest import small_config
 from ioc_fixture import REPO
 
-from acquisition.frames import (
+from acquisition.storage.frames import (
     FRAME_DATASET,
     FrameLoader,
     FrameReadError,
@@ -42,7 +42,7 @@ DERIVED_IMAGES = ("transmission", "dark_field", "differential_phase", "absorptio
 WRITER = r"""
 import sys
 import numpy as np
-from simulators.frame_file import append_frame, create_frame_file
+from simulators.shared.frame_file import append_frame, create_frame_file
 file, dataset = create_frame_file(sys.argv[1], (8, 10))
 print("ready", flush=True)
 for line in sys.stdin:
@@ -156,8 +156,8 @@ def test_live_results_over_ca_with_the_monitor_equal_the_offline_reconstruction(
                                                                                  monkeypatch):
     from acquisition.instrument import epics_instrument
     from acquisition.monitor import MonitorWindow
-    from acquisition.reconstruct import reconstruct_run
-    from acquisition.run_record import read_run_record
+    from acquisition.processing.offline import reconstruct_run
+    from acquisition.storage.run_record import read_run_record
     from acquisition.session import session_namespace
 
     monkeypatch.setenv("TALBOT_LAU_STATE", str(tmp_path / "state"))

@@ -11,22 +11,17 @@ from bluesky import RunEngine
 from conftest import small_config, validated_documents
 
 from acquisition.config import load_config
-from acquisition.derived_collector import DerivedCollector
-from acquisition.derived_store import derived_name
+from acquisition.processing.derived_collector import DerivedCollector
+from acquisition.storage.derived_store import derived_name
 from acquisition.dose import dose_rate_mgy_per_s
 from acquisition.instrument import simulated_instrument
 from acquisition.plans import PlanArgumentError, darkfield_mosaic, darkfield_projection
 from acquisition.plans.stubs import LAG_FLUSH_FRAMES
-from acquisition.processing import darkfield_router
-from acquisition.projection import ProjectionFrames, retrieve_projection
-from acquisition.reconstruct import reconstruct_run
-from acquisition.reference_fit import (
-    ReferenceFit,
-    read_reference_fit,
-    save_reference_fit,
-    write_reference_fit,
-)
-from acquisition.run_record import run_recorder
+from acquisition.processing.live import darkfield_router
+from acquisition.processing.analysis import ProjectionFrames, retrieve_projection
+from acquisition.processing.offline import reconstruct_run, save_reference_fit
+from acquisition.storage.reference_fit import ReferenceFit, read_reference_fit, write_reference_fit
+from acquisition.storage.run_record import run_recorder
 from reconstruction import SteppingFit
 from simulators.physics import (
     Phantom,
@@ -95,8 +90,8 @@ def test_reference_at_its_own_exposure_with_its_own_darks(instrument, tmp_path):
 def test_darks_at_each_exposure_differ_by_the_dark_current(instrument, tmp_path):
     """The processor must subtract the dark of the matching exposure: they differ by the
     panel's dark current times the exposure difference."""
-    from acquisition.reconstruct import load_sets
-    from acquisition.run_record import read_run_record
+    from acquisition.processing.offline import load_sets
+    from acquisition.storage.run_record import read_run_record
 
     engine = RunEngine({})
     engine.subscribe(run_recorder(tmp_path))

@@ -12,7 +12,7 @@ from conftest import small_config
 from acquisition.instrument import simulated_instrument
 from acquisition.monitor import MonitorWindow
 from acquisition.plans import darkfield_projection
-from acquisition.processing import darkfield_router
+from acquisition.processing.live import darkfield_router
 from reconstruction import TEXTURES
 from simulators.physics import Phantom, TissueSlab
 from specimens import class_cluster

@@ -10,12 +10,12 @@ import pytest
 from bluesky import RunEngine
 from conftest import small_config
 
-from acquisition.derived_collector import DerivedCollector
-from acquisition.frames import FRAME_DATASET, FrameLoader
+from acquisition.processing.derived_collector import DerivedCollector
+from acquisition.storage.frames import FRAME_DATASET, FrameLoader
 from acquisition.instrument import simulated_instrument
 from acquisition.plans import darkfield_mosaic
-from acquisition.processing import ProjectionProcessor
-from acquisition.projection import (
+from acquisition.processing.live import ProjectionProcessor
+from acquisition.processing.analysis import (
     ReferenceFits,
     analyse_mosaic,
     analyse_tiles,

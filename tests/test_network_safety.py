@@ -26,7 +26,7 @@ from caproto.sync.client import ErrorResponseReceived, read, write
 from event_model import DocumentNames, schema_validators
 from ophyd import Signal
 
-from acquisition.remote import make_proxy, publisher, serialize, start_dispatcher
+from acquisition.processing.remote import make_proxy, publisher, serialize, start_dispatcher
 from conftest import small_config
 from ioc_fixture import _free_port, searching_port, spawn_ioc, stop_ioc
 
@@ -172,7 +172,7 @@ def test_a_pickle_is_never_executed_and_the_dispatcher_survives(proxy, request, 
         start = event_model.compose_run(metadata={"probe": number}).start_doc
         return b" start " + serialize(start)
 
-    caplog.set_level(logging.WARNING, logger="acquisition.remote")
+    caplog.set_level(logging.WARNING, logger="acquisition.processing.remote")
     for attempt in range(100):  # until the 0MQ connections are up
         for message in bad + [good(attempt)]:
             sender.send(message)

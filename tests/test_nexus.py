@@ -15,11 +15,11 @@ from nexusformat.nexus import nxload
 from silx.io.nxdata import get_default
 
 from acquisition.demo import DerivedCollector
-from acquisition.derived_store import IMAGES, write_derived
+from acquisition.storage.derived_store import IMAGES, write_derived
 from acquisition.instrument import simulated_instrument
 from acquisition.plans import darkfield_projection
-from acquisition.processing import darkfield_router
-from acquisition.run_record import read_run_record, run_recorder
+from acquisition.processing.live import darkfield_router
+from acquisition.storage.run_record import read_run_record, run_recorder
 from conftest import small_config
 from simulators.physics import Phantom, TissueSlab, cluster_preset
 

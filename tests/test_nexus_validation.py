@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from bluesky import RunEngine
 
-from acquisition.frames import FrameLoader, FrameRef
+from acquisition.storage.frames import FrameLoader, FrameRef
 from acquisition.instrument import simulated_instrument
 from acquisition.plans import darkfield_mosaic, darkfield_projection
-from acquisition.run_record import IMAGE_KEYS, read_run_record, record_name, run_recorder
+from acquisition.storage.run_record import IMAGE_KEYS, read_run_record, record_name, run_recorder
 from conftest import small_config
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "data-format.md"

@@ -12,13 +12,13 @@ from conftest import small_config
 from event_model import DocumentNames, schema_validators
 
 from acquisition.demo import format_report, run_demo
-from acquisition.derived_collector import DerivedCollector
+from acquisition.processing.derived_collector import DerivedCollector
 from acquisition.instrument import simulated_instrument
 from acquisition.plans import darkfield_projection
-from acquisition.processing import darkfield_router
-from acquisition.projection import NoBeamError, ProjectionFrames, check_beam
-from acquisition.reconstruct import reconstruct_run
-from acquisition.run_record import run_recorder
+from acquisition.processing.live import darkfield_router
+from acquisition.processing.analysis import NoBeamError, ProjectionFrames, check_beam
+from acquisition.processing.offline import reconstruct_run
+from acquisition.storage.run_record import run_recorder
 from simulators.physics import Phantom, TissueSlab
 from specimens import class_cluster
 
@@ -57,7 +57,7 @@ def test_processor_classifies_a_cluster_and_publishes_valid_documents(tmp_path):
 
 
 def test_processor_failure_is_reported_not_raised(tmp_path, monkeypatch):
-    import acquisition.projection as projection
+    import acquisition.processing.analysis as projection
 
     def broken(*args, **kwargs):
         raise ValueError("reference is all zero")
@@ -109,7 +109,7 @@ def test_demo_scores_both_specimens_against_their_truth(tmp_path):
 def test_the_runengine_does_not_wait_for_the_processor(tmp_path, monkeypatch):
     import threading
 
-    import acquisition.projection as projection
+    import acquisition.processing.analysis as projection
 
     release = threading.Event()
     real = projection.classify_image
@@ -118,7 +118,7 @@ def test_the_runengine_does_not_wait_for_the_processor(tmp_path, monkeypatch):
         release.wait(10)  # processing takes "long"
         return real(*args, **kwargs)
 
-    monkeypatch.setattr("acquisition.processing.classify_image", slow)
+    monkeypatch.setattr("acquisition.processing.live.classify_image", slow)
     instrument = simulated_instrument(small_config(rows=48, cols=48), write_path=tmp_path / "raw")
     collector = DerivedCollector()
     processor = darkfield_router(out_dir=tmp_path, publish=collector)

@@ -14,13 +14,13 @@ from conftest import small_config
 from ioc_fixture import wait_for
 
 from acquisition.config import ConfigError, load_config
-from acquisition.frames import HDF5FrameHandler
+from acquisition.storage.frames import HDF5FrameHandler
 from acquisition.instrument import embedded_attributes_file, epics_instrument, simulated_instrument
 from acquisition.plans import darkfield_projection
-from simulators.frame_file import (COMPRESSIONS, EPICS_EPOCH_OFFSET_S, append_frame,
+from simulators.shared.frame_file import (COMPRESSIONS, EPICS_EPOCH_OFFSET_S, append_frame,
                                    close_frame_file, create_frame_file, read_attributes_file)
 from simulators.physics import detector_shape, simulate_frame
-from simulators.twins.world import READBACK_TYPES
+from simulators.shared.world import READBACK_TYPES
 
 pytest_plugins = ["ioc_fixture"]  # the session fixture ``ioc``
 PV_ATTRIBUTES = {"G2Position": "g2", "StageX": "stage_x", "StageY": "stage_y",
@@ -171,7 +171,7 @@ def test_compressed_frames_read_back_bit_identical_by_every_reader(tmp_path, com
 
 def test_offline_reconstruction_reads_a_bslz4_run(tmp_path):
     """A compressed run reconstructs offline to what the live processor found."""
-    from acquisition.reconstruct import reconstruct_run
+    from acquisition.processing.offline import reconstruct_run
     from recorded_runs import record_pleomorphic_run
 
     record, live = record_pleomorphic_run(tmp_path, with_compression(small_config(rows=96, cols=96), "bslz4"))

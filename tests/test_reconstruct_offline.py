@@ -8,8 +8,8 @@ from bluesky import RunEngine
 
 from acquisition.cli import main
 from acquisition.instrument import simulated_instrument
-from acquisition.reconstruct import reconstruct_run
-from acquisition.run_record import RunRecordError, read_run_record, run_recorder
+from acquisition.processing.offline import reconstruct_run
+from acquisition.storage.run_record import RunRecordError, read_run_record, run_recorder
 from conftest import small_config
 from recorded_runs import record_pleomorphic_run
 from simulators.physics import Phantom, TissueSlab
@@ -110,7 +110,7 @@ def test_a_failed_reconstruction_prints_no_success_line(recorded_run, tmp_path, 
 
 
 def test_each_frame_file_is_opened_once_and_closed(recorded_run, tmp_path, monkeypatch):
-    from acquisition import frames
+    from acquisition.storage import frames
 
     path, _ = recorded_run
     opened = []

@@ -7,12 +7,12 @@ import time
 
 from bluesky import RunEngine
 
-from acquisition.derived_collector import DerivedCollector
+from acquisition.processing.derived_collector import DerivedCollector
 from acquisition.instrument import simulated_instrument
 from acquisition.monitor import MonitorWindow
 from acquisition.plans import darkfield_projection
-from acquisition.processing import darkfield_router
-from acquisition.remote import by_origin, parse_address, publisher, start_dispatcher
+from acquisition.processing.live import darkfield_router
+from acquisition.processing.remote import by_origin, parse_address, publisher, start_dispatcher
 from conftest import small_config
 from simulators.physics import Phantom, TissueSlab
 from specimens import class_cluster

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import small_config
 
-from acquisition.catalogue import (BackgroundCatalogue, CatalogueNotReady, catalogue_writer, find_runs, last_run,
+from acquisition.storage.catalogue import (BackgroundCatalogue, CatalogueNotReady, catalogue_writer, find_runs, last_run,
                                   open_catalogue)
 from acquisition.instrument import simulated_instrument
 from acquisition.plans import PlanArgumentError, alignment_report

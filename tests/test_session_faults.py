@@ -14,11 +14,11 @@ import pytest
 from bluesky import RunEngine
 from conftest import small_config
 
-from acquisition.catalogue import catalogue_writer, open_catalogue
-from acquisition.frames import HANDLERS
+from acquisition.storage.catalogue import catalogue_writer, open_catalogue
+from acquisition.storage.frames import HANDLERS
 from acquisition.instrument import simulated_instrument
 from acquisition.plans import darkfield_projection, source_suspenders
-from acquisition.run_record import read_run_record, run_recorder
+from acquisition.storage.run_record import read_run_record, run_recorder
 from acquisition.session import session_namespace
 
 SUSPENDED = "Signal tube_interlock is low: X-ray interlock open"
@@ -252,15 +252,15 @@ def test_a_full_disk_leaves_no_record_and_one_error_naming_it(tmp_path, monkeypa
         raise OSError(errno.ENOSPC, "No space left on device")
 
     if where == "hdf5":  # HDF5 fails while the record's fields are written
-        monkeypatch.setattr("acquisition.run_record.nx_field", no_space)
+        monkeypatch.setattr("acquisition.storage.run_record.nx_field", no_space)
     else:  # the bytes fail to reach the disk
-        monkeypatch.setattr("acquisition.run_record.os.fsync", no_space)
+        monkeypatch.setattr("acquisition.storage.run_record.os.fsync", no_space)
     out = tmp_path / "records"
-    with caplog.at_level(logging.ERROR, logger="acquisition.run_record"):
+    with caplog.at_level(logging.ERROR, logger="acquisition.storage.run_record"):
         uid, stops = _record_a_projection(tmp_path, out)
     assert [s["exit_status"] for s in stops] == ["success"]  # the scan never saw it
     assert not out.exists() or not list(out.iterdir())  # no empty, truncated or temporary file
-    (error,) = [r for r in caplog.records if r.name == "acquisition.run_record"]
+    (error,) = [r for r in caplog.records if r.name == "acquisition.storage.run_record"]
     assert f"run_{uid[:8]}.nxs NOT written" in error.getMessage()
     assert "No space left on device" in error.getMessage()
 

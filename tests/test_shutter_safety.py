@@ -16,7 +16,7 @@ from acquisition.plans import darkfield_projection, source_suspenders
 from acquisition.plans.checks import SetRejected, frame_problem
 from acquisition.plans.settings import stepping_settings
 from conftest import small_config, validated_documents
-from simulators.twins.generator import ExposureTimer
+from simulators.shared.generator import ExposureTimer
 
 
 def make_instrument(tmp_path, time_scale=0.0):

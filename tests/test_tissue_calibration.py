@@ -16,7 +16,7 @@ from conftest import small_config
 from acquisition.calibrate_twin import SHIPPED, instrument_record
 from acquisition.config import ConfigError, default_config_dir, load_config
 from acquisition.demo import DerivedCollector
-from acquisition.derived_store import write_derived
+from acquisition.storage.derived_store import write_derived
 from acquisition.instrument import simulated_instrument
 from acquisition.plans import PlanArgumentError
 from acquisition.plans.calibration import (
@@ -26,8 +26,8 @@ from acquisition.plans.calibration import (
     field_origin_mm,
     tissue_calibration,
 )
-from acquisition.processing import ProjectionProcessor, darkfield_router
-from acquisition.tissue_calibration_file import (
+from acquisition.processing.live import ProjectionProcessor, darkfield_router
+from acquisition.storage.tissue_calibration_file import (
     SCHEMA_VERSION,
     CalibrationFileError,
     TissueCalibration,
@@ -397,7 +397,7 @@ def test_a_calibration_mosaic_maps_the_stitched_clusters_to_their_beads(tmp_path
 
 def test_classify_image_applies_the_correction_it_is_given():
     """The path the live processor, reconstruct and the study share."""
-    from acquisition.projection import classify_image
+    from acquisition.processing.analysis import classify_image
 
     config = small_config(rows=160, cols=160)
     phantom = specimen("breast45", clusters=1, seed=2, type_i_fraction=0.0)

@@ -1,6 +1,11 @@
 """Bluesky plans of the interferometer: projections, mosaics, and their safety."""
 
-from .alignment import alignment_report, g2_alignment, use_working_point, working_point_metadata
+from .alignment import (
+           alignment_report,
+           g2_alignment,
+           use_working_point,
+           working_point_metadata,
+)
 from .calibration import compute_tissue_calibration, tissue_calibration
 from .mosaic import darkfield_mosaic, tile_positions
 from .projection import darkfield_projection

@@ -23,7 +23,14 @@ from reconstruction import fit_stepping
 from ..instrument import Instrument
 from .checks import HEARTBEAT_MARGIN_S, checked_frame
 from .safety import close_shutter, open_shutter
-from .settings import check, check_reference_clear, check_stage_position, finite, stepping_settings, whole
+from .settings import (
+    check,
+    check_reference_clear,
+    check_stage_position,
+    finite,
+    stepping_settings,
+    whole,
+)
 from .stubs import acquisition_wrapper
 
 MAX_PERIODS = 10

@@ -11,7 +11,7 @@ of known radius in every band of a breast step wedge; for the twin
 its position, takes Ts and the measured (uncorrected) mu/eps from the processor, forms
 ``c = R_reference / R(Ts)`` per bead (``reconstruction.correction_points``), fits it
 (``reconstruction.fit_tissue_correction``) and writes the calibration file
-(``acquisition.tissue_calibration_file``).
+(``acquisition.storage.tissue_calibration_file``).
 """
 
 from __future__ import annotations
@@ -186,7 +186,10 @@ def compute_tissue_calibration(start: dict, clusters, *, calibration_id: str, in
     than two steps were found."""
     from reconstruction import correction_points, fit_tissue_correction
 
-    from ..tissue_calibration_file import TissueCalibration, write_tissue_calibration
+    from ..storage.tissue_calibration_file import (
+        TissueCalibration,
+        write_tissue_calibration,
+    )
 
     run = start.get("tissue_calibration_run") or {}
     if "phantom" not in run:

@@ -18,6 +18,7 @@ from epics.ca import ChannelAccessException, ChannelAccessGetFailure
 from ophyd.signal import ConnectionTimeoutError
 from ophyd.utils.errors import DisconnectedError, OpException
 
+from ..errors import TalbotLauError
 from ..instrument import Instrument
 from . import safety
 from .safety import heartbeat, watched_signals
@@ -31,11 +32,11 @@ BEAM_WAIT_S = 30.0
 """How long a repeated set waits for the interlock and the generator to be ready (s)."""
 
 
-class FrameRejected(RuntimeError):
+class FrameRejected(TalbotLauError, RuntimeError):
     """A frame was taken without beam, at the wrong settings, or not written."""
 
 
-class SetRejected(RuntimeError):
+class SetRejected(TalbotLauError, RuntimeError):
     """A phase-stepping set was rejected as often as it may be repeated."""
 
 

@@ -14,11 +14,11 @@ import numpy as np
 
 from reconstruction import fit_stepping
 
-from ..frames import HDF5FrameHandler
 from ..instrument import Instrument
+from ..storage.frames import HDF5FrameHandler
+from .checks import HEARTBEAT_MARGIN_S, checked_frame
 from .safety import close_shutter, open_shutter
 from .settings import SteppingSettings
-from .checks import HEARTBEAT_MARGIN_S, checked_frame
 
 PROBE_STEPS = 3
 

@@ -8,7 +8,7 @@ anything moves or any X-ray is made; the shutter is closed on every way out.
 Low-dose protocol: the reference takes its own exposure (``reference_exposure_s``,
 default the configuration's 9 s) whatever the sample's, with dark frames of its own
 (stream ``reference_dark``) when the two differ; or a stored reference fit
-(``reference=PATH``, :mod:`acquisition.reference_fit`) replaces the reference scan.  The
+(``reference=PATH``, :mod:`acquisition.storage.reference_fit`) replaces the reference scan.  The
 reference costs the patient no dose: the planned and the delivered dose count the sample
 frames only.
 """
@@ -18,7 +18,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..instrument import Instrument
-from ..reference_fit import ReferenceFitError, read_reference_fit, reference_mismatch
+from ..storage.reference_fit import (
+    ReferenceFitError,
+    read_reference_fit,
+    reference_mismatch,
+)
 from .settings import (
     PlanArgumentError,
     check_dose_budget,

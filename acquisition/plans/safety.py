@@ -22,6 +22,8 @@ import bluesky.plan_stubs as bps
 from bluesky.suspenders import SuspendBoolHigh, SuspendBoolLow, SuspendWhenOutsideBand
 from ophyd import Signal
 
+from ..errors import TalbotLauError
+
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 3.0
@@ -36,7 +38,7 @@ class InstrumentLost(RuntimeError):
     """An IOC of the instrument stayed disconnected longer than the plan may wait."""
 
 
-class ShutterNotClosed(RuntimeError):
+class ShutterNotClosed(TalbotLauError, RuntimeError):
     """A plan failed and, after it, the shutter could not be confirmed closed."""
 
 

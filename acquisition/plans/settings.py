@@ -11,10 +11,11 @@ import numbers
 from dataclasses import dataclass
 
 from ..config import sample_field_mm
+from ..errors import TalbotLauError
 from ..instrument import Instrument
 
 
-class PlanArgumentError(ValueError):
+class PlanArgumentError(TalbotLauError, ValueError):
     """A plan argument is out of range; raised before anything moves."""
 
 
@@ -221,7 +222,9 @@ def check_dose_budget(instrument: Instrument, settings: SteppingSettings, *,
     """The planned mean glandular dose (mGy) at the most exposed point of the sample, for a
     projection (the defaults) or a rows x columns mosaic; PlanArgumentError, saying which
     single setting would fit, when it exceeds ``dose.budget_mgy``."""
-    from ..dose import planned_dose_mgy  # the dose model's import stays with the plans that need it
+    from ..dose import (
+        planned_dose_mgy,  # the dose model's import stays with the plans that need it
+    )
 
     dose_cfg = instrument.config.instrument.dose
 

@@ -16,13 +16,29 @@ from ophyd import Signal
 
 from ..dose import dose_rate_mgy_per_s
 from ..instrument import Instrument
-from ..nexus import software_version
+from ..storage.nexus import software_version
 from . import safety
-from .checks import (HEARTBEAT_MARGIN_S, RECOVERABLE, FrameRejected, SetRejected, checked_frame,
-                     connection_problem, file_plugin_message, image_exposure_s, reason, wait_for_beam,
-                     wait_for_connection)
-from .safety import (InstrumentConnection, band_suspenders, close_shutter, connection_suspender,
-                     open_shutter, watched_signals)
+from .checks import (
+    HEARTBEAT_MARGIN_S,
+    RECOVERABLE,
+    FrameRejected,
+    SetRejected,
+    checked_frame,
+    connection_problem,
+    file_plugin_message,
+    image_exposure_s,
+    reason,
+    wait_for_beam,
+    wait_for_connection,
+)
+from .safety import (
+    InstrumentConnection,
+    band_suspenders,
+    close_shutter,
+    connection_suspender,
+    open_shutter,
+    watched_signals,
+)
 from .settings import SteppingSettings
 
 log = logging.getLogger(__name__)

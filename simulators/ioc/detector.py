@@ -33,11 +33,18 @@ import time
 from caproto import ChannelType, SkipWrite
 from caproto.server import PVGroup, SubGroup, pvproperty
 
-from simulators.frame_file import pv_attribute_values, read_attributes_file
-from simulators.twins.world import READBACK_TYPES, readbacks
+from simulators.shared.frame_file import pv_attribute_values, read_attributes_file
+from simulators.shared.world import READBACK_TYPES, readbacks
 
-from .ad_records import (DATA_TYPES, DETECTOR_STATES, DISABLE_ENABLE, PATH_LENGTH,
-                         finite_non_negative, readback, setting)
+from .ad_records import (
+    DATA_TYPES,
+    DETECTOR_STATES,
+    DISABLE_ENABLE,
+    PATH_LENGTH,
+    finite_non_negative,
+    readback,
+    setting,
+)
 from .hdf5_plugin import HDF5PluginGroup
 from .ndarray_plugin import StdArraysPluginGroup
 from .stats_plugin import StatsPluginGroup

@@ -2,7 +2,7 @@
 
 ``Capture`` = 1 opens ``FileTemplate % (FilePath, FileName, FileNumber)``, increments
 ``FileNumber`` (AutoIncrement Yes) and appends every frame the cam sends, with the
-NDAttributes the cam attached to it, in ADCore's default layout (``simulators.frame_file``:
+NDAttributes the cam attached to it, in ADCore's default layout (``simulators.shared.frame_file``:
 frames at ``/entry/instrument/detector/data``, linked as ``/entry/data/data``), flushing
 each one; ``Capture`` = 0, or ``NumCapture`` frames when it is > 0, closes the file.  The
 file is written in SWMR mode, so frames can be read while it is open, compressed as
@@ -29,8 +29,12 @@ import numpy as np
 from caproto import ChannelType, SkipWrite
 from caproto.server import pvproperty
 
-from simulators.frame_file import (append_frame, close_frame_file, compression_name,
-                                   create_frame_file)
+from simulators.shared.frame_file import (
+    append_frame,
+    close_frame_file,
+    compression_name,
+    create_frame_file,
+)
 
 from .ad_records import NO_YES, readback, setting
 from .ndarray_plugin import NDPluginBaseGroup

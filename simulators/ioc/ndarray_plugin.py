@@ -25,7 +25,9 @@ import numpy as np
 from caproto import ChannelType
 from caproto.server import PVGroup, pvproperty
 
-from simulators.frame_file import EPICS_EPOCH_OFFSET_S  # TimeStamp_RBV counts from it
+from simulators.shared.frame_file import (
+    EPICS_EPOCH_OFFSET_S,  # TimeStamp_RBV counts from it
+)
 
 from .ad_records import DATA_TYPES, DISABLE_ENABLE, NO_YES, readback, setting
 

@@ -29,8 +29,8 @@ from caproto.asyncio.server import Context, VirtualCircuit
 from caproto.server import PVGroup, SubGroup
 
 from simulators.physics import Phantom, Setup, detector_shape
-from simulators.twins.motor import G2_VELOCITY_UM_S, STAGE_VELOCITY_MM_S
-from simulators.twins.world import SimWorld
+from simulators.shared.motion import G2_VELOCITY_UM_S, STAGE_VELOCITY_MM_S
+from simulators.shared.world import SimWorld
 
 from .detector import PaxScanGroup
 from .motor import MotorAxis

@@ -13,7 +13,7 @@ alarm (STATE) on ``Interlock_RBV``, ``Fault_RBV``, ``Arc_RBV`` and ``State_RBV``
 hooks ``SimTripInterlock``, ``SimClearInterlock`` and ``SimTripArc`` (put 1) break the
 source the way the hardware breaks; tripping closes the shutter at once.
 
-The exposure timer (``simulators.twins.generator.ExposureTimer``, shared with the
+The exposure timer (``simulators.shared.generator.ExposureTimer``, shared with the
 in-process twin) closes the shutter by itself when no put to ``Heartbeat`` (s) re-arms it
 in time, and raises ``WatchdogTripped_RBV`` (MAJOR alarm) until the shutter next opens.
 """
@@ -26,7 +26,7 @@ from caproto import AlarmSeverity, AlarmStatus, ChannelType
 from caproto.server import PVGroup, pvproperty
 
 from simulators.physics import TubeState
-from simulators.twins.generator import ExposureTimer, generator_state, refusal
+from simulators.shared.generator import ExposureTimer, generator_state, refusal
 
 HV_STATES = ("Off", "On")
 SHUTTER_STATES = ("Closed", "Open")

@@ -14,11 +14,11 @@ from ophyd import Component as Cpt
 from ophyd import Device
 
 from simulators.physics import Phantom, Setup
+from simulators.shared.world import SimWorld
 
 from .motor import G2_VELOCITY_UM_S, STAGE_VELOCITY_MM_S, SimMotor, SimPiezo
 from .paxscan import SimPaxScan
 from .tube import RefusedCommand, SimTube
-from .world import SimWorld
 
 
 class SimSampleStage(Device):

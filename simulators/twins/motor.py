@@ -15,10 +15,7 @@ from ophyd import Device, Signal
 from ophyd.positioner import PositionerBase
 from ophyd.utils import LimitError
 
-G2_VELOCITY_UM_S = 100.0
-"""Piezo slew rate, um per recorded second (both twins)."""
-STAGE_VELOCITY_MM_S = 20.0
-"""Sample-stage speed, mm per recorded second (both twins)."""
+from simulators.shared.motion import G2_VELOCITY_UM_S, STAGE_VELOCITY_MM_S  # noqa: F401  (twins' API)
 
 
 class SimMotor(Device, PositionerBase):

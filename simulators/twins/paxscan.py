@@ -3,7 +3,7 @@
 Like areaDetector's HDF5 plugin in Stream mode: ``stage()`` opens a file and composes one
 Resource (spec ``AD_HDF5``); each ``trigger()`` makes a frame with the physics engine,
 waits the time-scaled exposure, appends it to ``/entry/data/data`` (N, rows, cols; ADCore's
-default layout, ``simulators.frame_file``) and composes a Datum whose id is the event's
+default layout, ``simulators.shared.frame_file``) and composes a Datum whose id is the event's
 ``detector_image``.  Files are written in SWMR mode so frames can be read while the file is
 still open, compressed as ``hdf1.compression`` says ("None", "zlib", "bslz4").  With
 ``cam.nd_attributes_file`` set (an ADCore NDAttributes XML file, read at stage), each frame
@@ -28,11 +28,15 @@ from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.status import DeviceStatus
 
-from simulators.frame_file import (append_frame, close_frame_file, create_frame_file,
-                                   pv_attribute_values, read_attributes_file)
 from simulators.physics import detector_shape
-
-from .world import READBACK_TYPES, readbacks
+from simulators.shared.frame_file import (
+    append_frame,
+    close_frame_file,
+    create_frame_file,
+    pv_attribute_values,
+    read_attributes_file,
+)
+from simulators.shared.world import READBACK_TYPES, readbacks
 
 log = logging.getLogger(__name__)
 

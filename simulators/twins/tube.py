@@ -7,7 +7,7 @@ fails its put and its Status with :class:`RefusedCommand`, as the IOC twin fails
 so a plan sees it.  ``trip_interlock()``/``clear_interlock()``
 and ``trip_arc()`` let tests break the source the way the hardware breaks.
 
-The generator's exposure timer (:class:`simulators.twins.generator.ExposureTimer`) closes
+The generator's exposure timer (:class:`simulators.shared.generator.ExposureTimer`) closes
 the shutter by itself when no ``heartbeat`` re-arms it in time; stopping the shutter
 signal or the tube closes the shutter (the RunEngine stops every device it touched on
 pause, halt, suspension and at the end of a run).
@@ -19,8 +19,7 @@ from ophyd import Component as Cpt
 from ophyd import Device, Signal
 
 from simulators.physics import TubeState
-
-from .generator import ExposureTimer, generator_state, refusal
+from simulators.shared.generator import ExposureTimer, generator_state, refusal
 
 
 class RefusedCommand(RuntimeError):

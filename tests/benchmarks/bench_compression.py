@@ -3,8 +3,8 @@
 Run: python tests/benchmarks/bench_compression.py [--repeat N] [--dir DIR]
 Frames come from the physics engine (embedded configs, full 1536 x 1920 panel, the embedded
 phantom at the sample position, 40 kV / 70 mA / 9 s, G2 stepped over one period), written
-through ``simulators.frame_file`` as the twins write them (Fletcher32, SWMR, NDAttributes)
-and read back through the loader (``acquisition.frames.HDF5FrameHandler``), checked equal.
+through ``simulators.shared.frame_file`` as the twins write them (Fletcher32, SWMR, NDAttributes)
+and read back through the loader (``acquisition.storage.frames.HDF5FrameHandler``), checked equal.
 Prints, side by side: stored size, raw size / stored size, and the medians of ``--repeat``
 writes and reads of the whole stack (s).  Reads come from the page cache: they time the
 filters, not the disk.
@@ -23,13 +23,13 @@ import numpy as np
 from timing import median_seconds
 
 from acquisition.config import load_config
-from acquisition.frames import HDF5FrameHandler
+from acquisition.storage.frames import HDF5FrameHandler
 from acquisition.instrument import embedded_attributes_file
-from simulators.frame_file import (COMPRESSIONS, append_frame, close_frame_file,
+from simulators.shared.frame_file import (COMPRESSIONS, append_frame, close_frame_file,
                                    create_frame_file, read_attributes_file)
 from simulators.physics import build_phantom, simulate_frame
 from simulators.physics.setup import TubeState
-from simulators.twins.world import READBACK_TYPES
+from simulators.shared.world import READBACK_TYPES
 
 
 def stack(steps: int = 9) -> list[np.ndarray]:

@@ -4,7 +4,7 @@ Run: PYTHONPATH=. python tests/benchmarks/bench_mosaic_memory.py
 (from the repository, so the working tree is imported.)  Prints side by side, in one run:
 - the memory the processor keeps after 16 tiles of 1536 x 1920: the way before issue 16
   (each tile's whole Retrieval, the reference fitted for every tile) against now (float32
-  T, V and dphi per tile, the reference fitted once: ``acquisition.projection``);
+  T, V and dphi per tile, the reference fitted once: ``acquisition.processing.analysis``);
 - the time of the 16 tiles' retrievals, reference fitted per tile against once;
 - the peak while the mosaic (5683 x 7104 pixels) is stitched, and while it is then
   classified and written, above what was kept;
@@ -36,13 +36,13 @@ from pathlib import Path
 import numpy as np
 from bluesky import RunEngine
 
-from acquisition import projection
 from acquisition.config import load_config
 from acquisition.instrument import simulated_instrument
 from acquisition.plans import darkfield_projection, tile_positions
 from acquisition.plans.settings import tile_field_mm
-from acquisition.processing import ProjectionProcessor
-from acquisition.projection import ReferenceFits
+from acquisition.processing import analysis as projection
+from acquisition.processing.analysis import ReferenceFits
+from acquisition.processing.live import ProjectionProcessor
 
 ROWS = COLUMNS = 4
 OVERLAP = 0.1

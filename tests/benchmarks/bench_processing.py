@@ -28,12 +28,12 @@ from bluesky import RunEngine
 from acquisition.config import load_config
 from acquisition.instrument import simulated_instrument
 from acquisition.plans import darkfield_projection
-from acquisition.processing import darkfield_router
-from acquisition.projection import analyse_projection
-from acquisition.reconstruct import load_sets
-from acquisition.remote import by_origin, start_dispatcher
-from acquisition.remote import publisher as remote_publisher
-from acquisition.run_record import read_run_record, record_name, run_recorder
+from acquisition.processing.live import darkfield_router
+from acquisition.processing.analysis import analyse_projection
+from acquisition.processing.offline import load_sets
+from acquisition.processing.remote import by_origin, start_dispatcher
+from acquisition.processing.remote import publisher as remote_publisher
+from acquisition.storage.run_record import read_run_record, record_name, run_recorder
 
 
 def full_frame_config():

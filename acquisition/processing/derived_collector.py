@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import event_model
 
-from .run_record import sample_id
+from ..storage.run_record import sample_id
 
 
 class DerivedCollector(event_model.DocumentRouter):

@@ -1,40 +1,48 @@
 """``talbot-lau reconstruct RUN.nxs ...``: offline retrieval and classification of stored runs.
 
-Each run record (``acquisition.run_record``) names its raw frames; they are read through
+Each run record (``acquisition.storage.run_record``) names its raw frames; they are read through
 one frame loader for the whole run (one open handle per frame file, closed at the end),
 sorted into sets and analysed by the same code as the live processor
-(``acquisition.projection``); a mosaic's tiles are retrieved one by one (each written to
+(``acquisition.processing.analysis``); a mosaic's tiles are retrieved one by one (each written to
 ``derived_<uid8>_tileNN.h5``, as the live processor does), stitched (``reconstruction.stitch``)
 and classified as one image.  Results go to ``derived_<uid8>.h5`` and ``report_<uid8>.json``
-(one row per cluster), written with ``acquisition.derived_store.write_derived``.
+(one row per cluster), written with ``acquisition.storage.derived_store.write_derived``.
 
 A run folder may be moved or copied: the record's frame paths are relative to its folder
 (``read_run_record`` resolves them there), and a stored reference fit that is no longer
 where the start document says is looked for under its name in the record's folder
 (:func:`portable_record`).
+
+:func:`save_reference_fit` fits a recorded run's reference scan and stores it
+(``acquisition.storage.reference_fit``) for the low-dose protocol.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 from pathlib import Path
 
 import numpy as np
 
-from .derived_store import derived_name, write_derived
-from .frames import FrameLoader, FrameRef
-from .projection import (
+from ..config import embedded_calibration
+from ..storage.derived_store import derived_name
+from ..storage.frames import FrameLoader, FrameRef
+from ..storage.reference_fit import ReferenceFit, ReferenceFitError, write_reference_fit
+from ..storage.run_record import RunRecord, RunRecordError, read_run_record
+from ..storage.tissue_calibration_file import calibration_record
+from .analysis import (
     ProjectionFrames,
     ReferenceFits,
     SetAssembler,
     analyse_tiles,
+    check_beam,
     classify_image,
     mosaic_tile,
+    reference_fit,
 )
-from .run_record import RunRecord, read_run_record
-from .tissue_calibration_file import calibration_record, embedded_calibration
+from .process_record import write_derived_file
+
 
 def ready_sets(record) -> list[tuple[int, ProjectionFrames]]:
     """Every complete (tile, frames) set of a recorded run, its frames as FrameRefs (unread).
@@ -53,7 +61,7 @@ def ready_sets(record) -> list[tuple[int, ProjectionFrames]]:
                           None if shutter < 0 else bool(shutter))
     ready += sets.finish()
     if not ready:
-        raise ValueError(f"the run holds no complete phase-stepping set ({len(record.frames)} frames)")
+        raise RunRecordError(f"the run holds no complete phase-stepping set ({len(record.frames)} frames)")
     return ready
 
 
@@ -70,7 +78,7 @@ def _text(value) -> str:
 def portable_record(record: RunRecord, path: str | Path) -> RunRecord:
     """``record`` with its stored reference fit found in the record's current folder when it
     is no longer where the start document says (the frame files are resolved against the
-    record's folder by :func:`acquisition.run_record.read_run_record`)."""
+    record's folder by :func:`acquisition.storage.run_record.read_run_record`)."""
     folder = Path(path).resolve().parent
     stored = record.start["phase_stepping"].get("reference_fit")
     if not stored or Path(stored["path"]).is_file() or not (folder / Path(stored["path"]).name).is_file():
@@ -94,14 +102,8 @@ def reconstruct_run(path: str | Path, out_dir: str | Path, *, calibration="confi
     tissue = calibration_record(calibration)
 
     def write(name: str, analysis, **context) -> None:
-        target = out / name
-        try:
-            write_derived(target, analysis.retrieval, analysis.labels, analysis.clusters, uid,
-                          run_record=path, tissue_calibration=tissue, start=start, **context)
-        except Exception:
-            with contextlib.suppress(OSError):  # no truncated derived file left
-                target.unlink(missing_ok=True)
-            raise
+        write_derived_file(out / name, analysis, uid, run_record=path, tissue_calibration=tissue,
+                           start=start, **context)
 
     mosaic = start.get("mosaic")
     fits = ReferenceFits()  # a mosaic's tiles share a reference: fitted once
@@ -133,3 +135,31 @@ def reconstruct_run(path: str | Path, out_dir: str | Path, *, calibration="confi
 def _plain(value):
     """numpy scalars in the report as plain JSON numbers."""
     return value.item() if isinstance(value, np.generic) else str(value)
+
+
+def reference_fit_from_run(record_path: str | Path) -> ReferenceFit:
+    """The reference fit of a recorded run (``run_<uid8>.nxs``): its first complete
+    reference set, fitted and dark-subtracted with the darks of its own exposure."""
+    record = read_run_record(record_path)
+    start = record.start
+    stepping = start["phase_stepping"]
+    if stepping.get("reference_fit"):
+        raise ReferenceFitError(f"run {start['uid'][:8]} used a stored reference fit; it has no "
+                                "reference scan of its own")
+    _, frames = load_sets(record)[0]
+    check_beam(frames)
+    det = start["detector_pixel"]
+    return ReferenceFit(
+        reference_fit(frames, stepping["period_um"]),
+        float(stepping.get("reference_exposure_s", stepping["exposure_s"])),
+        float(start["tube"]["kv"]), float(start["tube"]["ma"]),
+        tuple(det["region"]) if det.get("region") else None, int(det["binning"]),
+        float(stepping["period_um"]), tuple(float(x) for x in ProjectionFrames.stack(frames.reference)[0]),
+        float(start["time"]), start["uid"])
+
+
+def save_reference_fit(record_path: str | Path, out_path: str | Path) -> ReferenceFit:
+    """Store the reference fit of a recorded run at ``out_path``; returns it."""
+    reference = reference_fit_from_run(record_path)
+    write_reference_fit(out_path, reference)
+    return reference

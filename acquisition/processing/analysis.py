@@ -1,7 +1,7 @@
 """From one projection's frames to its derived images and clusters: shared by the live
 processor and the offline ``talbot-lau reconstruct`` (one code path, two callers).
 
-Frames may be given as arrays or as :class:`acquisition.frames.FrameRef` s, read by
+Frames may be given as arrays or as :class:`acquisition.storage.frames.FrameRef` s, read by
 :meth:`ProjectionFrames.load`.  Before any retrieval :func:`check_beam` makes sure every
 reference and sample frame saw the beam (and no dark frame did); a set that did not is
 refused with :class:`NoBeamError`, whose message names the set and the frame:
@@ -44,7 +44,8 @@ from reconstruction import (
     stitch,
 )
 
-from .frames import FrameRef
+from ..errors import TalbotLauError
+from ..storage.frames import FrameRef
 
 BEAM_FRACTION = 0.25
 """A reference or sample frame saw the beam if its mean above the dark level is at least
@@ -53,25 +54,8 @@ NOISE_FACTOR = 10.0
 """A set's open-beam level must be at least this many dark-frame pixel noise sigmas."""
 
 
-class NoBeamError(ValueError):
+class NoBeamError(TalbotLauError, ValueError):
     """A reference or sample frame did not see the beam (or a dark frame did)."""
-
-
-def shutter_open(start: dict, data: dict) -> bool | None:
-    """The shutter reading of an event's ``data`` (True open, False closed, None if the
-    event has none): key ``<tube>_shutter``, the tube device name being the start
-    document's ``tube["device"]`` or ``tube_device``, else ``tube``; failing that the one
-    key ending in ``_shutter``."""
-    tube = start.get("tube")
-    name = (tube.get("device") if isinstance(tube, dict) else None) or start.get("tube_device") or "tube"
-    value = data.get(f"{name}_shutter")
-    if value is None:
-        keys = [key for key in data if key.endswith("_shutter")]
-        value = data[keys[0]] if len(keys) == 1 else None
-    try:
-        return None if value is None else bool(float(value))
-    except (TypeError, ValueError):
-        return None
 
 
 @dataclass
@@ -88,7 +72,7 @@ class ProjectionFrames:
     ``reference_darks`` at the reference's (empty: ``darks`` serve both).
     ``reference_fit`` replaces the reference frames: a dark-subtracted
     :class:`SteppingFit` at ``reference_exposure_s``, or the path of a stored fit
-    (``acquisition.reference_fit``, read by :meth:`load`).  ``noise_gain`` (variance per
+    (``acquisition.storage.reference_fit``, read by :meth:`load`).  ``noise_gain`` (variance per
     ADU of signal) and ``read_noise`` (ADU rms) of the panel, if known, are handed to
     :func:`reconstruction.retrieve`: its Rice amplitudes remove the low-count bias of V."""
 
@@ -133,7 +117,7 @@ class ProjectionFrames:
         sample = {k: (x, read(("sample", k), f)) for k, (x, f) in self.sample.items()}
         fit = self.reference_fit
         if fit is not None and not isinstance(fit, SteppingFit):
-            from .reference_fit import read_reference_fit
+            from ..storage.reference_fit import read_reference_fit
             fit = read_reference_fit(fit).fit
         return ProjectionFrames(darks, reference, sample, self.tile, dict(self.shutter), origin,
                                 reference_darks, self.exposure_s, self.reference_exposure_s, fit,
@@ -351,7 +335,7 @@ class ReferenceFits:
     """Each reference set fitted once, for every tile taken with it (a mosaic's tiles
     share the reference until ``reference_every`` or a phase drift refreshes it).
 
-    A set is known by its frames' identity (:class:`acquisition.frames.FrameRef`: file and
+    A set is known by its frames' identity (:class:`acquisition.storage.frames.FrameRef`: file and
     point) with their G2 positions (um), the darks subtracted from it, the stored fit's
     path, the exposures (s), the noise model and the period (um): a refreshed reference or
     new darks give a new fit; frames given as arrays have no identity and are fitted every
@@ -427,7 +411,7 @@ def classify_image(result, correction: TissueCorrection | None = None) -> Projec
 
     ``correction``: the tissue calibration's ``c(Ts)`` applied to every cluster's ratio
     (``reconstruction.correct_clusters``; the configured one is
-    ``acquisition.tissue_calibration_file.tissue_correction(config)``); None: none."""
+    ``acquisition.storage.tissue_calibration_file.tissue_correction(config)``); None: none."""
     mask = calcified_mask(result.transmission, result.dark_field)
     labels = label_clusters(mask)
     clusters = analyse_clusters(result.transmission, result.dark_field, labels, mask=mask)

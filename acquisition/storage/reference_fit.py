@@ -28,6 +28,8 @@ import numpy as np
 
 from reconstruction import SteppingFit
 
+from ..errors import TalbotLauError
+
 KIND = "talbot-lau reference fit"
 VERSION = 1
 KV_TOLERANCE = 0.1
@@ -36,7 +38,7 @@ MA_TOLERANCE = 0.01
 """Relative mA difference a stored fit may have: a0 and a1 scale with the tube current."""
 
 
-class ReferenceFitError(ValueError):
+class ReferenceFitError(TalbotLauError, ValueError):
     """A stored reference fit that cannot be read, or does not fit the instrument."""
 
 
@@ -121,35 +123,3 @@ def reference_mismatch(reference: ReferenceFit, *, region, binning: int, kv: flo
     if age_h < -1 / 60:
         return f"its time lies {-age_h:.2f} h in the future (clock?)"
     return None
-
-
-def reference_fit_from_run(record_path: str | Path) -> ReferenceFit:
-    """The reference fit of a recorded run (``run_<uid8>.nxs``): its first complete
-    reference set, fitted and dark-subtracted with the darks of its own exposure."""
-    from .projection import ProjectionFrames, check_beam, reference_fit
-    from .reconstruct import load_sets
-    from .run_record import read_run_record
-
-    record = read_run_record(record_path)
-    start = record.start
-    stepping = start["phase_stepping"]
-    if stepping.get("reference_fit"):
-        raise ReferenceFitError(f"run {start['uid'][:8]} used a stored reference fit; it has no "
-                                "reference scan of its own")
-    _, frames = load_sets(record)[0]
-    check_beam(frames)
-    det = start["detector_pixel"]
-    return ReferenceFit(
-        reference_fit(frames, stepping["period_um"]),
-        float(stepping.get("reference_exposure_s", stepping["exposure_s"])),
-        float(start["tube"]["kv"]), float(start["tube"]["ma"]),
-        tuple(det["region"]) if det.get("region") else None, int(det["binning"]),
-        float(stepping["period_um"]), tuple(float(x) for x in ProjectionFrames.stack(frames.reference)[0]),
-        float(start["time"]), start["uid"])
-
-
-def save_reference_fit(record_path: str | Path, out_path: str | Path) -> ReferenceFit:
-    """Store the reference fit of a recorded run at ``out_path``; returns it."""
-    reference = reference_fit_from_run(record_path)
-    write_reference_fit(out_path, reference)
-    return reference

@@ -7,7 +7,7 @@ for the processor's ``publish``): run ``uid`` becomes ``client[uid]`` with ``sta
 metadata and one table per stream (``client[uid]["primary"]["g2"]``, um).  Frames are not
 copied: the HDF5 files the documents reference are registered as external assets by paths
 relative to the catalogue directory (a directory moved with its run folder opens at its new
-place), and read in place through acquisition.frames' handlers (no HDF5 open of its own, so
+place), and read in place through acquisition.storage.frames' handlers (no HDF5 open of its own, so
 no SWMR flag mismatch with a file open elsewhere in the process).  ``find_runs`` searches by
 sample id (a plan's ``{"id": ...}`` or a stock string), ``last_run`` gives the last raw or
 derived run.  The same directory behind a tiled server (``server_command``, from the
@@ -48,6 +48,7 @@ from urllib.parse import quote, unquote, urlparse
 import numpy as np
 from event_model import DocumentNames
 
+from ..errors import TalbotLauError
 from .frames import (
     DERIVED_DATASET,
     FRAME_DATASET,
@@ -124,7 +125,7 @@ def _slice_points(text: str | None) -> tuple[int, int]:
 
 
 class _FrameStack:
-    """Frames ``points`` of a frame file, read on demand through acquisition.frames' shared
+    """Frames ``points`` of a frame file, read on demand through acquisition.storage.frames' shared
     handle on the file (so never a second HDF5 open of it: no SWMR flag mismatch with a
     reader that already holds it, no stale chunk index while it is written)."""
 
@@ -153,7 +154,7 @@ class _FrameStack:
 
 
 class _DerivedImage:
-    """A derived image, read on demand through acquisition.frames' DerivedImageHandler."""
+    """A derived image, read on demand through acquisition.storage.frames' DerivedImageHandler."""
 
     def __init__(self, path: Path, name: str, shape: tuple[int, ...], dtype):
         self.path, self.name, self.shape, self.dtype = path, name, tuple(shape), np.dtype(dtype)
@@ -310,7 +311,7 @@ def write_server_config(directory: str | Path, readable: Iterable[str | Path] = 
     descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=".tiled-", suffix=".yml")
     try:
         with os.fdopen(descriptor, "w") as f:
-            f.write("# written by acquisition.catalogue.open_catalogue; serve with "
+            f.write("# written by acquisition.storage.catalogue.open_catalogue; serve with "
                     "`tiled serve config` (docs/catalogue.md)\n")
             yaml.safe_dump(config, f, sort_keys=False)
         os.chmod(temporary, 0o644)
@@ -388,7 +389,7 @@ def open_catalogue(directory: str | Path, *, readable: Iterable[str | Path] = ()
     Close with ``client.context.close()``.
 
     Frames and derived images are catalogued by paths relative to ``directory`` and read
-    through acquisition.frames' handlers (docs/catalogue.md), so the directory moved or copied
+    through acquisition.storage.frames' handlers (docs/catalogue.md), so the directory moved or copied
     together with the run folder opens at its new place (given the new ``readable``).  Also
     writes ``directory/tiled.yml``, the configuration of a tiled server on the same catalogue."""
     _quiet_tiled()
@@ -514,7 +515,7 @@ def last_run(client, *, derived: bool = False):
     return runs.values().last() if len(runs) else None
 
 
-class CatalogueNotReady(RuntimeError):
+class CatalogueNotReady(TalbotLauError, RuntimeError):
     """The session's catalogue could not be opened (or not in time)."""
 
 
@@ -695,7 +696,7 @@ def frame_normalizer_class() -> type:
         readable is checked by bluesky at the stop document instead (``_validate``).
 
         Both get our mimetypes (read by :func:`_adapter_classes`' adapters, through
-        acquisition.frames' handlers) and, with ``relative_to`` (the catalogue directory),
+        acquisition.storage.frames' handlers) and, with ``relative_to`` (the catalogue directory),
         the parameter that makes :class:`_RelativeConsolidator` register their files by
         relative paths."""
 
@@ -736,7 +737,7 @@ def frame_normalizer_class() -> type:
         def _derived_image(self, resource: dict, name: str) -> dict:
             """StreamResource parameters of a derived image; remembers its dtype."""
             dataset = DERIVED_DATASET.format(name=name)
-            try:  # acquisition.frames' opener: no SWMR flag mismatch with a reader holding it
+            try:  # acquisition.storage.frames' opener: no SWMR flag mismatch with a reader holding it
                 with _open_hdf5(str(_path(resource))) as f:
                     data = f[dataset]
                     self._derived_dtypes[name] = data.dtype.str
@@ -831,13 +832,13 @@ def _register_consolidator() -> None:
     class _RelativeConsolidator(HDF5Consolidator):
         """bluesky's HDF5 consolidator for our mimetypes: the data source's assets are relative
         to the catalogue directory (``RELATIVE_TO``), and the writer validates the files
-        (absolute) with our adapters, through acquisition.frames' handlers."""
+        (absolute) with our adapters, through acquisition.storage.frames' handlers."""
 
         supported_mimetypes = frozenset({FRAMES_MIMETYPE, DERIVED_MIMETYPE})
 
         def adapter_parameters(self) -> dict:
             parameters = super().adapter_parameters()
-            parameters.pop("swmr", None)  # acquisition.frames decides how a file is opened
+            parameters.pop("swmr", None)  # acquisition.storage.frames decides how a file is opened
             return parameters
 
         def get_data_source(self):

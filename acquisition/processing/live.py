@@ -3,19 +3,19 @@
 ``darkfield_router(out_dir, publish)`` is an ``event_model.RunRouter`` that gives every
 phase-stepping run a :class:`ProjectionProcessor`.  Where it receives the documents (on
 the RunEngine's thread, or a :class:`DocumentBuffer`'s) it only takes notes: each frame's
-file reference (:class:`acquisition.frames.FrameRef`, nothing is read there), G2 position,
+file reference (:class:`acquisition.storage.frames.FrameRef`, nothing is read there), G2 position,
 tile and shutter reading, sorted into dark, reference and sample sets.  When a
 projection's sets are complete, a worker thread reads the frames through the one loader
-(:class:`acquisition.frames.FrameLoader`), checks that every frame saw the beam
-(:func:`acquisition.projection.check_beam`), retrieves T, V and dphi, segments and
+(:class:`acquisition.storage.frames.FrameLoader`), checks that every frame saw the beam
+(:func:`acquisition.processing.analysis.check_beam`), retrieves T, V and dphi, segments and
 classifies the calcification clusters (paper Table 1), writes the derived images to NeXus
-(``acquisition.derived_store``, linked to the run record ``run_<uid8>.nxs`` expected in
+(``acquisition.storage.derived_store``, linked to the run record ``run_<uid8>.nxs`` expected in
 the same directory) and publishes a derived run of its own (``event_model.compose_run``,
 linked by ``parent_uid``) to ``publish(name, doc)``.
 
 A mosaic stays bounded: each reference set is fitted once for all the tiles taken with
-it (:class:`acquisition.projection.ReferenceFits`), and of each tile only what the stitch
-needs is kept, float32 T, V and dphi (:func:`acquisition.projection.mosaic_tile`; 35 MB a
+it (:class:`acquisition.processing.analysis.ReferenceFits`), and of each tile only what the stitch
+needs is kept, float32 T, V and dphi (:func:`acquisition.processing.analysis.mosaic_tile`; 35 MB a
 full tile, 0.57 GB for 16), until the mosaic is stitched at the run's stop.
 
 Nothing of this reaches the scan: a frame that cannot be read, a set without beam, a
@@ -28,7 +28,6 @@ never waits for the worker (``router.wait()`` does).
 from __future__ import annotations
 
 import atexit
-import contextlib
 import functools
 import logging
 import queue
@@ -42,19 +41,20 @@ from pathlib import Path
 import event_model
 import numpy as np
 
-from .derived_store import IMAGES, derived_name, write_derived
-from .frames import FrameLoader, frame_ref, image_key
-from .projection import (
+from ..config import embedded_calibration
+from ..storage.derived_store import IMAGES, derived_name
+from ..storage.frames import FrameLoader, frame_ref, image_key
+from ..storage.run_record import record_name, shutter_open
+from ..storage.tissue_calibration_file import calibration_record
+from .analysis import (
     ProjectionFrames,
     ReferenceFits,
     SetAssembler,
     analyse_tiles,
     classify_image,
     mosaic_tile,
-    shutter_open,
 )
-from .run_record import record_name
-from .tissue_calibration_file import calibration_record, embedded_calibration
+from .process_record import write_derived_file
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +268,7 @@ def darkfield_router(out_dir: str | Path | None = None, publish: Publish | None 
     With ``background`` the frame reading, retrieval and classification run in a worker
     thread, so the RunEngine never waits for them; ``router.wait()`` waits for the results.
     ``calibration``: the tissue calibration applied to every cluster's ratio
-    (``acquisition.tissue_calibration_file``; "configured": the embedded configuration's,
+    (``acquisition.storage.tissue_calibration_file``; "configured": the embedded configuration's,
     ``configured_calibration(config)`` for another configuration; None: none)."""
     out = Path(out_dir) if out_dir else Path(tempfile.gettempdir()) / "talbot-lau-derived"
     if isinstance(calibration, str) and calibration == "configured":
@@ -419,15 +419,10 @@ class ProjectionProcessor(event_model.DocumentRouter):
         try:
             analysis, name = analyse()
             path = self.out_dir / name
-            try:
-                write_derived(path, analysis.retrieval, analysis.labels, analysis.clusters,
-                              self.parent_uid, run_record=self.out_dir / record_name(self.parent_uid),
-                              tissue_calibration=calibration_record(self.calibration),
-                              start=self.start_doc, **context)
-            except Exception:
-                with contextlib.suppress(OSError):  # no empty or truncated derived file left
-                    path.unlink(missing_ok=True)
-                raise
+            write_derived_file(path, analysis, self.parent_uid,
+                               run_record=self.out_dir / record_name(self.parent_uid),
+                               tissue_calibration=calibration_record(self.calibration),
+                               start=self.start_doc, **context)
             self._publish_images(run, path, analysis.labels.shape)
             self._publish_clusters(run, analysis.clusters)
         except Exception as err:  # a failed processor reports, it never stops a scan

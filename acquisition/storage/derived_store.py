@@ -16,7 +16,7 @@
             texture, borderline, suspicious, tissue_factor (c(Ts) applied to the ratio),
             uncorrected_ratio (as measured), Ts, Vs (surrounding tissue, eq. 2)
         tissue_calibration: NXcollection   id, version, sha256 of the tissue calibration
-            applied ("none", -1, "" if none; acquisition.tissue_calibration_file)
+            applied ("none", -1, "" if none; acquisition.storage.tissue_calibration_file)
         cluster_pixels: NXcollection
             <label>: NXcollection   mu, eps (the cluster's tissue-normalised pixels)
         process: NXprocess   program, version, date, sequence_index (:func:`write_process`)
@@ -36,23 +36,12 @@ is missing reads as zeros (HDF5's fill value), not as an error.
 
 from __future__ import annotations
 
-import inspect
 import os
 import time
 from pathlib import Path
 
 import h5py
 import numpy as np
-
-from reconstruction import (
-    SUSPICIOUS_RATIO,
-    TABLE_1,
-    TEXTURES,
-    microtexture,
-    normalisation,
-    segmentation,
-    stitching,
-)
 
 from .frames import FRAME_DATASET, FrameLoader, FrameRef
 from .nexus import (
@@ -66,7 +55,6 @@ from .nexus import (
     nx_virtual_stack,
     software_version,
 )
-from .projection import BEAM_FRACTION, NOISE_FACTOR
 
 IMAGES = ("transmission", "dark_field", "differential_phase", "absorption", "scattering")
 UNITS = {"differential_phase": "rad"}
@@ -77,7 +65,6 @@ CLUSTER_COLUMNS = {"label": "i4", "centroid_row": "f8", "centroid_col": "f8", "n
                    "ratio": "f8", "variance": "f8", "texture": h5py.string_dtype(),
                    "borderline": "?", "suspicious": "?", "tissue_factor": "f8",
                    "uncorrected_ratio": "f8", "Ts": "f8", "Vs": "f8"}
-PAPER = "Scherer et al., Sci Rep 6:36991 (2016)"
 
 
 def derived_name(uid: str, tile: int | None = None) -> str:
@@ -110,7 +97,7 @@ def sample_axes(shape: tuple[int, int], pixel_mm: float, stage_mm=(0.0, 0.0),
 def write_derived(path: Path, retrieval, labels: np.ndarray, clusters: list, parent_uid: str,
                   run_record: str | Path | None = None, tissue_calibration: dict | None = None, *,
                   start: dict | None = None, tile: int | None = None, frames=None,
-                  tiles: list[int] | None = None) -> Path:
+                  tiles: list[int] | None = None, process_steps=None) -> Path:
     """Write the retrieved images, the cluster labels and the cluster table to ``path``.
 
     ``run_record``: the run's ``run_<uid8>.nxs``; ``tissue_calibration``: the record (id,
@@ -119,7 +106,8 @@ def write_derived(path: Path, retrieval, labels: np.ndarray, clusters: list, par
     None: pixel axes only); ``tile``: the mosaic tile this file holds (None: a projection
     or the stitch); ``frames``: the set's ``ProjectionFrames`` with FrameRefs (as
     assembled, before loading), linked as ``/entry/raw``; ``tiles``: the tile indices of a
-    stitched ``Mosaic``, in its ``offsets_px`` order."""
+    stitched ``Mosaic``, in its ``offsets_px`` order; ``process_steps``: (name, parameters)
+    of every processing step, written to the NXprocess (:func:`write_process`)."""
     path = Path(path)
     stitched = hasattr(retrieval, "offsets_px")
     if start is not None:
@@ -136,7 +124,7 @@ def write_derived(path: Path, retrieval, labels: np.ndarray, clusters: list, par
         for name in IMAGES:
             _image(entry, name, np.asarray(getattr(retrieval, name), np.float32), axes,
                    UNITS.get(name), LONG_NAMES[name])
-        _image(entry, "labels", labels.astype(np.int32), axes, long_name="cluster label")
+        _image(entry, "labels", labels.astype(np.int32, copy=False), axes, long_name="cluster label")
         _cluster_table(entry, clusters)
         record = tissue_calibration or {"id": "none"}
         calibration = nx_group(entry, "tissue_calibration", "NXcollection")
@@ -145,11 +133,10 @@ def write_derived(path: Path, retrieval, labels: np.ndarray, clusters: list, par
         nx_field(calibration, "sha256", str(record.get("sha256") or ""))
         if start is not None:
             _sample(entry, start, tile)
-        write_process(entry, path, parent_uid, run_record, record, start=start, tile=tile,
-                      frames=frames, tiles=tiles, retrieval=retrieval)
+        write_process(entry, path, parent_uid, run_record, process_steps)
         linked = frames is not None and not stitched and _link_frames(entry, path, frames, axes)
         if not linked and run_record is not None:
-            entry["raw"] = h5py.ExternalLink(_relative(run_record, path), "/entry/data")
+            entry["raw"] = h5py.ExternalLink(relative_path(run_record, path), "/entry/data")
     return path
 
 
@@ -171,7 +158,7 @@ def _check_context(start: dict, tile, tiles, retrieval, stitched: bool) -> None:
             raise ValueError(f"tiles: {missing} are not tiles of the run's mosaic ({sorted(mosaic)})")
 
 
-def _stage(start: dict, tile: int) -> tuple[float, float]:
+def tile_stage_mm(start: dict, tile: int) -> tuple[float, float]:
     """(x_mm, y_mm) of a mosaic tile's stage position (the start document's plan)."""
     spec = next(t for t in start["mosaic"]["tiles"] if t["tile"] == tile)
     return float(spec["x_mm"]), float(spec["y_mm"])
@@ -182,8 +169,8 @@ def _axes(shape, start: dict, tile, tiles, retrieval):
     if tiles is not None and hasattr(retrieval, "offsets_px"):  # the stitch: tile 0 of the list
         offsets = np.asarray(retrieval.offsets_px, int).reshape(-1, 2)
         tile_shape = tuple(np.asarray(shape) - offsets.max(axis=0))
-        return sample_axes(shape, pixel_mm, _stage(start, tiles[0]), offsets[0], tile_shape)
-    return sample_axes(shape, pixel_mm, (0.0, 0.0) if tile is None else _stage(start, tile))
+        return sample_axes(shape, pixel_mm, tile_stage_mm(start, tiles[0]), offsets[0], tile_shape)
+    return sample_axes(shape, pixel_mm, (0.0, 0.0) if tile is None else tile_stage_mm(start, tile))
 
 
 def _image(entry, name: str, image: np.ndarray, axes, units=None, long_name=None) -> None:
@@ -221,22 +208,16 @@ def _sample(entry, start: dict, tile) -> None:
     nx_field(group, "name", str(sample.get("name", sample.get("id", ""))))
     nx_field(group, "sample_id", str(sample.get("id", "")))
     if tile is not None:
-        for axis, value in zip(("x", "y"), _stage(start, tile)):
+        for axis, value in zip(("x", "y"), tile_stage_mm(start, tile)):
             stage = nx_group(group, f"stage_{axis}", "NXpositioner")
             nx_field(stage, "name", f"stage_{axis}")
             nx_field(stage, "value", value, "mm")
 
 
-def _defaults(function, *names: str) -> dict:
-    """The default values of ``function``'s keyword arguments ``names``, as the code uses them."""
-    parameters = inspect.signature(function).parameters
-    return {name: parameters[name].default for name in names}
-
-
-def write_process(entry, path: Path, parent_uid: str, run_record, calibration: dict, *,
-                  start=None, tile=None, frames=None, tiles=None, retrieval=None) -> h5py.Group:
-    """The NXprocess ``process``: the program and every parameter of the retrieval,
-    segmentation, tissue normalisation, classification (and stitch) as the code uses them."""
+def write_process(entry, path: Path, parent_uid: str, run_record, steps) -> h5py.Group:
+    """The NXprocess ``process``: program, version, date, the raw run's record, and one
+    NXparameters group per ``(name, values)`` of ``steps`` (in order; the processor's
+    ``acquisition.processing.process_record.process_steps``)."""
     process = nx_group(entry, "process", "NXprocess")
     nx_field(process, "program", "talbot-lau")
     nx_field(process, "version", software_version())
@@ -246,32 +227,11 @@ def write_process(entry, path: Path, parent_uid: str, run_record, calibration: d
     nx_field(note, "description", "the run record of the raw run this file derives from")
     nx_field(note, "identifier_run_uuid", parent_uid)
     if run_record is not None:
-        nx_field(note, "file_name", _relative(run_record, path))
-    steps = []
-    stitched = retrieval is not None and hasattr(retrieval, "offsets_px")
-    if start is not None:
-        steps.append(("retrieval", _retrieval_parameters(start, frames, path, stitched)))
-    if stitched and start is not None:
-        steps.append(("stitching", _stitch_parameters(start, tiles, retrieval)))
-    steps += [("segmentation", _segmentation_parameters()),
-              ("normalisation", _normalisation_parameters()),
-              ("classification", _classification_parameters()),
-              ("tissue_correction", {
-                  "function": "reconstruction.correct_clusters",
-                  "description": "the cluster's mu/eps ratio multiplied by the calibration's c(Ts) "
-                                 "at its surrounding tissue's transmission Ts (none: c = 1)",
-                  "id": str(calibration.get("id") or "none"),
-                  "version": -1 if calibration.get("version") is None else int(calibration["version"]),
-                  "sha256": str(calibration.get("sha256") or "")})]
-    for index, (name, values) in enumerate(steps, start=1):
+        nx_field(note, "file_name", relative_path(run_record, path))
+    for index, (name, values) in enumerate(steps or (), start=1):
         group = nx_group(process, name, "NXparameters")
         nx_field(group, "sequence_index", index)
         _parameters(group, values)
-    if tile is not None and start is not None:
-        spec = next(t for t in start["mosaic"]["tiles"] if t["tile"] == tile)
-        _parameters(nx_group(process, "tile", "NXparameters"), {
-            "index": tile, "row": spec.get("row"), "column": spec.get("column"),
-            "stage_x_mm": float(spec["x_mm"]), "stage_y_mm": float(spec["y_mm"])})
     return process
 
 
@@ -286,102 +246,6 @@ def _parameters(group, values: dict) -> None:
     for name in group:
         if name.endswith("_px"):
             group[name].attrs["units"] = "pixel"
-
-
-def _retrieval_parameters(start: dict, frames, path: Path, stitched: bool) -> dict:
-    stepping = start["phase_stepping"]
-    exposure, reference_exposure = stepping.get("exposure_s"), stepping.get("reference_exposure_s")
-    stored = stepping.get("reference_fit")
-    values = {
-        "function": "reconstruction.retrieve (acquisition.projection.retrieve_projection)",
-        "description": f"per-pixel least-squares fit of the first harmonic of the phase-stepping "
-                       f"curves; T = a0s/a0r, V = (a1s/a0s)/(a1r/a0r), dphi = phi_s - phi_r "
-                       f"({PAPER}, eq. 1){'; each tile retrieved with its own set' if stitched else ''}",
-        "period_um": stepping.get("period_um"), "steps": stepping.get("steps"),
-        "positions_um": stepping.get("positions_um"), "dark_frames": stepping.get("dark_frames"),
-        "exposure_s": exposure, "reference_exposure_s": reference_exposure or exposure,
-        "reference_scale": (float(exposure) / float(reference_exposure)
-                            if exposure and reference_exposure else 1.0),
-        "normalisation": "the mean dark frame subtracted from every step (the reference with the "
-                         "darks of its own exposure when it has them); the reference's a0 and a1 "
-                         "scaled by reference_scale; sample over reference (eq. 1)",
-        "saturation": "pixels at the largest value of the raw (unsigned) type in any step are NaN",
-        "beam_fraction": BEAM_FRACTION, "beam_noise_factor": NOISE_FACTOR,
-    }
-    if stored:
-        values["reference"] = "stored reference fit (low-dose protocol)"
-        values["reference_fit_file"] = _relative(stored["path"], path)
-        names = {"exposure_s": "exposure_s", "kv": "voltage_kv", "ma": "current_ma",
-                 "source_uid": "source_uid"}  # one field each: "kv" and "ma" alone would both be "reference_fit"
-        values.update({f"reference_fit_{names[k]}": v for k, v in stored.items() if k in names})
-        if stored.get("time") is not None:
-            values["reference_fit_time"] = iso8601(float(stored["time"]))
-    else:
-        values["reference"] = ("each tile's latest measured reference set" if stitched else
-                               "the measured reference set (raw frames with image_key 1)")
-    if frames is not None:
-        values["sample_positions_um"] = [x for _, (x, _) in sorted(frames.sample.items())]
-        if frames.reference:
-            values["reference_positions_um"] = [x for _, (x, _) in sorted(frames.reference.items())]
-        values["dark_frames_used"] = len(frames.darks)
-        values["reference_dark_frames_used"] = len(frames.reference_darks)
-        gain = getattr(frames, "noise_gain", None)
-        values["noise_model"] = ("none: the plain fitted amplitudes" if gain is None else
-                                 f"Rice amplitudes, gain {gain} ADU, read noise {frames.read_noise} ADU")
-    return values
-
-
-def _stitch_parameters(start: dict, tiles: list[int], mosaic) -> dict:
-    stage = [_stage(start, t) for t in tiles]
-    specs = {t["tile"]: t for t in start["mosaic"]["tiles"]}
-    return {"function": "reconstruction.stitch",
-            "description": "tiles placed at -stage/pixel, refined by phase correlation of the "
-                           "overlaps, feathered; mu and eps averaged, dphi a circular mean",
-            "tiles": list(tiles),
-            "tile_files": [derived_name(start["uid"], t) for t in tiles],
-            "tile_rows": [int(specs[t].get("row", -1)) for t in tiles],
-            "tile_columns": [int(specs[t].get("column", -1)) for t in tiles],
-            "offsets_px": np.asarray(mosaic.offsets_px, np.int64).reshape(-1, 2),
-            "stage_x_mm": [s[0] for s in stage], "stage_y_mm": [s[1] for s in stage],
-            "sample_pixel_mm": float(start["detector_pixel"]["sample_pixel_mm"]),
-            "min_peak": stitching.MIN_PEAK, "stage_prior_weight": stitching.STAGE_PRIOR_WEIGHT,
-            **_defaults(stitching.stitch, "refine", "feather_px"),
-            **_defaults(stitching.refine_offsets, "max_shift_px", "min_overlap_px")}
-
-
-def _segmentation_parameters() -> dict:
-    mask = _defaults(segmentation.calcified_mask, "k_sigma", "background_px", "mu_threshold",
-                     "eps_threshold")
-    return {"function": "reconstruction.calcified_mask, reconstruction.label_clusters",
-            "description": f"a pixel is calcified when mu = -ln T or eps = -ln V exceeds the local "
-                           f"tissue background by k_sigma robust noise sigmas (or by mu_threshold / "
-                           f"eps_threshold when set); a closing of closing_px merges grains; regions "
-                           f"with fewer than min_pixels calcified pixels are dropped ({PAPER}, Methods)",
-            "k_sigma": mask["k_sigma"], "background_px": mask["background_px"],
-            "mu_threshold": "none" if mask["mu_threshold"] is None else mask["mu_threshold"],
-            "eps_threshold": "none" if mask["eps_threshold"] is None else mask["eps_threshold"],
-            **{f"{k}_px" if k == "closing" else k: v for k, v in
-               _defaults(segmentation.label_clusters, "min_pixels", "closing").items()}}
-
-
-def _normalisation_parameters() -> dict:
-    return {"function": "reconstruction.surrounding_tissue",
-            "description": f"Tc = T/Ts, Vc = V/Vs with Ts, Vs the medians over a ring of tissue "
-                           f"around the cluster ({PAPER}, eq. 2)",
-            **_defaults(normalisation.surrounding_tissue, "ring_px", "gap_px"),
-            "min_ring_pixels": normalisation.MIN_RING_PIXELS}
-
-
-def _classification_parameters() -> dict:
-    return {"function": "reconstruction.classify_microtexture",
-            "description": f"ratio = least-squares slope of mu against eps over the cluster's "
-                           f"calcified pixels; class by {PAPER}, Table 1 (a gap goes to the nearest "
-                           f"class); suspicious above suspicious_ratio (Fig. 5C)",
-            "textures": list(TEXTURES),
-            "ratio_lower": [float(TABLE_1[t][0]) for t in TEXTURES],
-            "ratio_upper": [float(TABLE_1[t][1]) for t in TEXTURES],
-            "suspicious_ratio": SUSPICIOUS_RATIO, "tolerance": microtexture.TOLERANCE,
-            "min_pixels": microtexture.MIN_PIXELS}
 
 
 def _frame_list(frames) -> list[tuple[str, float, FrameRef]] | None:
@@ -411,7 +275,7 @@ def _link_frames(entry, path: Path, frames, axes) -> bool:
     rows = [(role, x, ref, index) for role, x, ref in listed
             for index in range(ref.point * ref.frame_per_point, (ref.point + 1) * ref.frame_per_point)]
     raw = nx_group(entry, "raw", "NXdata", signal="data")
-    data = nx_virtual_stack(raw, "data", [(_relative(ref.file, path), i) for _, _, ref, i in rows],
+    data = nx_virtual_stack(raw, "data", [(relative_path(ref.file, path), i) for _, _, ref, i in rows],
                             sample.shape[-2:], sample.dtype, FRAME_DATASET)
     data.attrs["long_name"] = "raw frames of this set (ADU)"
     nx_field(raw, "frame", np.arange(len(rows)), long_name="frame of this set")
@@ -425,14 +289,14 @@ def _link_frames(entry, path: Path, frames, axes) -> bool:
              long_name="0 sample, 1 reference (flat field), 2 dark (NXtomo)")
     nx_field(raw, "role", [r for r, _, _, _ in rows], dtype=h5py.string_dtype())
     nx_field(raw, "g2_position", np.array([x for _, x, _, _ in rows], float), "um")
-    nx_field(raw, "frame_file", [_relative(ref.file, path) for _, _, ref, _ in rows],
+    nx_field(raw, "frame_file", [relative_path(ref.file, path) for _, _, ref, _ in rows],
              dtype=h5py.string_dtype(), long_name="frame file, relative to this file's folder")
     nx_field(raw, "frame_index", np.array([i for _, _, _, i in rows], np.int64),
              long_name="the frame's index in its file (/entry/data/data)")
     return True
 
 
-def _relative(target, path: Path) -> str:
+def relative_path(target, path: Path) -> str:
     """``target`` relative to the folder of ``path`` (absolute across drives)."""
     try:
         return os.path.relpath(Path(target).resolve(), Path(path).parent.resolve())

@@ -24,7 +24,7 @@ of every attribute.  Each NDAttribute dataset carries ``NDAttrName``,
 ``compression`` (NDFileHDF5's ``Compression`` enum, any case): "None", "zlib" (HDF5
 shuffle + deflate at ``level``, readable by any HDF5) or "bslz4" (bitshuffle/LZ4, HDF5
 filter 32008 from the ``hdf5plugin`` package: a reader must ``import hdf5plugin`` first,
-as acquisition.frames does).  Fletcher32 runs after the filters, on the stored bytes.
+as acquisition.storage.frames does).  Fletcher32 runs after the filters, on the stored bytes.
 Only the frames are compressed, as ADCore does.
 """
 

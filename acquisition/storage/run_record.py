@@ -32,7 +32,7 @@ the RunEngine.
 
 ``read_run_record(path)`` gives the documents and frame rows back (also of the earlier
 ``run_<uid8>.nxs`` and ``run_<uid8>.h5`` layouts); the frames themselves are read through
-``acquisition.frames``.
+``acquisition.storage.frames``.
 """
 
 from __future__ import annotations
@@ -48,12 +48,22 @@ import event_model
 import h5py
 import numpy as np
 
+from ..errors import TalbotLauError
 from .derived_store import derived_glob
 from .frames import FRAME_DATASET, image_key
 from .nexus import IMAGE_KEYS as ROLE_IMAGE_KEYS
-from .nexus import (INVALID_IMAGE_KEY, iso8601, nx_field, nx_group, nx_link, nx_quantities, nx_root,
-                    nx_translation, nx_virtual_stack, split_units)
-from .projection import shutter_open
+from .nexus import (
+    INVALID_IMAGE_KEY,
+    iso8601,
+    nx_field,
+    nx_group,
+    nx_link,
+    nx_quantities,
+    nx_root,
+    nx_translation,
+    nx_virtual_stack,
+    split_units,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +88,23 @@ name; the others (G1's phase shift, G2's field) stay in the interferometer colle
 SAMPLE_FIELDS = {"name", "description", "thickness", "type", "chemical_formula", "density", "mass",
                  "situation", "physical_form", "short_title", "temperature", "preparation_date"}
 """Sample values that NXsample defines; any other goes to ``sample/properties`` (NXcollection)."""
+
+
+def shutter_open(start: dict, data: dict) -> bool | None:
+    """The shutter reading of an event's ``data`` (True open, False closed, None if the
+    event has none): key ``<tube>_shutter``, the tube device name being the start
+    document's ``tube["device"]`` or ``tube_device``, else ``tube``; failing that the one
+    key ending in ``_shutter``."""
+    tube = start.get("tube")
+    name = (tube.get("device") if isinstance(tube, dict) else None) or start.get("tube_device") or "tube"
+    value = data.get(f"{name}_shutter")
+    if value is None:
+        keys = [key for key in data if key.endswith("_shutter")]
+        value = data[keys[0]] if len(keys) == 1 else None
+    try:
+        return None if value is None else bool(float(value))
+    except (TypeError, ValueError):
+        return None
 
 
 def sample_fields(sample) -> dict:
@@ -441,7 +468,7 @@ class RunRecord:
     record's current folder), point, tile, shutter (-1 in records from before the column)."""
 
 
-class RunRecordError(ValueError):
+class RunRecordError(TalbotLauError, ValueError):
     """A run record file is missing, broken or not a run record; the message names it."""
 
 

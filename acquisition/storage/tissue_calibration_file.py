@@ -33,6 +33,8 @@ from pathlib import Path
 
 from reconstruction.tissue_correction import TissueCorrection
 
+from ..errors import TalbotLauError
+
 SCHEMA = "talbot-lau/tissue-calibration"
 SCHEMA_VERSION = 1
 FIT_METHOD = "monotone PCHIP of ln c against ln Ts, flat outside the knots"
@@ -40,7 +42,7 @@ MAX_FILE_BYTES = 1 << 22
 """A calibration file is a few kB; anything above 4 MiB is not one."""
 
 
-class CalibrationFileError(ValueError):
+class CalibrationFileError(TalbotLauError, ValueError):
     """A tissue calibration file is missing, broken or of another version; names file and field."""
 
 
@@ -202,16 +204,8 @@ def configured_calibration(config) -> TissueCalibration | None:
 
 
 def tissue_correction(config) -> TissueCorrection | None:
-    """The configured ``c(Ts)`` for ``acquisition.projection.classify_image(result,
+    """The configured ``c(Ts)`` for ``acquisition.processing.analysis.classify_image(result,
     correction=...)``: the one way the live processor, ``talbot-lau reconstruct`` and
     ``talbot-lau study`` get it; None when the configuration names no calibration."""
     calibration = configured_calibration(config)
     return None if calibration is None else calibration.correction
-
-
-def embedded_calibration() -> TissueCalibration | None:
-    """The calibration of the embedded configuration (configs/instrument.yaml): what the
-    processor and the offline reconstruction apply when not told otherwise."""
-    from .config import load_config
-
-    return configured_calibration(load_config())

@@ -40,8 +40,10 @@ import h5py
 import hdf5plugin  # noqa: F401  registers bitshuffle/LZ4 with h5py, so bslz4 frame files read in any process
 import numpy as np
 
+from ..errors import TalbotLauError
 
-class FrameReadError(OSError):
+
+class FrameReadError(TalbotLauError, OSError):
     """A referenced frame file is missing, truncated or not in the expected layout."""
 
 
