@@ -31,9 +31,11 @@ MIN_SIGMA = 1e-6
 
 def negative_log(image) -> np.ndarray:
     """``-ln(image)`` as float64; NaN where the image is <= 0 or not finite."""
-    image = np.asarray(image, dtype=np.float64)
+    image = np.array(image, dtype=np.float64)  # a copy, worked on in place
+    image[~(image > 0)] = np.nan
     with np.errstate(divide="ignore", invalid="ignore"):
-        return -np.log(np.where(image > 0, image, np.nan))
+        np.log(image, out=image)
+    return np.negative(image, out=image)
 
 
 _MEDIAN9_NETWORK = ((1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8),
@@ -69,8 +71,11 @@ def _block_median(values: np.ndarray, block_px: int) -> np.ndarray:
     padded[:ny, :nx] = values
     tiles = padded.reshape(by, block_px, bx, block_px).transpose(0, 2, 1, 3).reshape(by, bx, -1)
     holed = np.isnan(tiles).any(axis=-1)
-    result = np.median(tiles, axis=-1)  # a partition: fast; the few tiles with NaN again:
-    if holed.any():
+    middle = tiles.shape[-1] // 2  # np.median's numbers from one partition (it makes two):
+    part = np.partition(tiles, middle, axis=-1)
+    result = part[..., middle] if tiles.shape[-1] % 2 else (
+        part[..., :middle].max(axis=-1) + part[..., middle]) / 2  # np.mean of the two, in dtype
+    if holed.any():  # the few tiles with NaN again
         result[holed] = np.nanmedian(tiles[holed], axis=-1)
     return result
 
@@ -101,7 +106,12 @@ def _to_pixels(tiles: np.ndarray, block_px: int, shape: tuple[int, int],
     low, high, w = (a[rows] for a in _linear_weights(shape[0], block_px, tiles.shape[0]))
     along = tiles[low] * (1 - w)[:, None] + tiles[high] * w[:, None]
     low, high, w = _linear_weights(shape[1], block_px, tiles.shape[1])
-    return along[:, low] * (1 - w) + along[:, high] * w
+    pixels = np.take(along, low, axis=1)  # along[:, low] * (1 - w) + along[:, high] * w, in place
+    pixels *= 1 - w
+    right = np.take(along, high, axis=1)
+    right *= w
+    pixels += right
+    return pixels
 
 
 BAND_PIXELS = 1 << 21
@@ -125,8 +135,12 @@ def row_bands(n_rows: int, n_columns: int, band_rows: int | None = None,
 
 def _float32_key(values: np.ndarray) -> np.ndarray:
     """uint32 keys that sort as the float32 ``values`` do (finite values; -0 as +0)."""
-    bits = (values.astype(np.float32) + np.float32(0)).view(np.uint32)
-    return np.where(bits >> 31, ~bits, bits | np.uint32(1 << 31))
+    bits = np.add(values, np.float32(0), dtype=np.float32).view(np.uint32)
+    key = bits >> 31  # negative: all bits flipped; positive: the sign bit set
+    np.negative(key, out=key)
+    key |= np.uint32(1 << 31)
+    key ^= bits
+    return key
 
 
 def _from_key(key: int) -> np.float32:
@@ -170,7 +184,7 @@ def excess_bands(read, shape: tuple[int, int], *, background_px: int = 81, block
     """:func:`local_excess` of a large image, band of rows by band: yields ``(rows, excess,
     sigma)`` for consecutive bands (``rows`` a slice), each equal to those rows of the
     whole-image result.  ``read(rows)`` returns those rows of the image as float32; it is
-    called a few times per band.  Memory: one float32 residual of the image plus a band's
+    called once per band.  Memory: one float32 residual of the image plus a band's
     filters (``band_rows`` rows, a multiple of ``block_px``; None: about BAND_PIXELS pixels).
     """
     if background_px < 3:
@@ -179,38 +193,49 @@ def excess_bands(read, shape: tuple[int, int], *, background_px: int = 81, block
         raise ValueError(f"block_px must be a positive number of pixels, got {block_px}")
     ny, nx = shape
     bands = row_bands(ny, nx, band_rows, block_px)
-    _, n_finite, fill = _finite_count_and_median(read, bands)
+    residual = np.empty(shape, np.float32)  # the image (read once), then its residual, then the excess
+    for first, stop in bands:
+        residual[first:stop] = read(slice(first, stop))
+    _, n_finite, fill = _finite_count_and_median(residual.__getitem__, bands)
     if n_finite == 0:  # nothing to measure
         for first, stop in bands:
             yield (slice(first, stop), np.zeros((stop - first, nx), np.float32),
                    np.full((stop - first, nx), np.inf, np.float32))
         return
     halo = background_px + 2  # the 3 x 3 median, then erosion and dilation of background_px
-    residual = np.empty(shape, np.float32)
+    above = residual[:0].copy()  # the image's rows within halo above the band (overwritten since)
     for first, stop in bands:
-        top, bottom = max(first - halo, 0), min(stop + halo, ny)
-        image = read(slice(top, bottom))
+        top, bottom = first - len(above), min(stop + halo, ny)
+        image = np.concatenate([above, residual[first:bottom]])
         finite = np.isfinite(image)
-        filled = image if fill is None else np.where(finite, image, fill).astype(np.float32)
+        filled = image if fill is None else np.where(finite, image, fill).astype(np.float32, copy=False)
         base = ndimage.grey_opening(median3x3(filled), size=(background_px, background_px), mode="nearest")
         core = slice(first - top, stop - top)
         residual[first:stop] = np.where(finite[core], filled[core] - base[core], np.float32(np.nan))
+        above = image[max(stop - halo, top) - top:stop - top]
         del image, finite, filled, base
+    del above
 
     neighbourhood = max(3, 2 * (background_px // (2 * block_px)) + 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN tiles give NaN, filled later
         offset_tiles = _smooth_tiles(np.concatenate(
             [_block_median(residual[first:stop], block_px) for first, stop in bands]), neighbourhood)
-        spread_tiles = [_block_median(np.abs(residual[first:stop] - _to_pixels(
-            offset_tiles, block_px, shape, slice(first, stop))), block_px) for first, stop in bands]
+        spread_tiles = []
+        for first, stop in bands:  # the spread about the offset; the residual becomes the excess
+            band = residual[first:stop]
+            excess = _to_pixels(offset_tiles, block_px, shape, slice(first, stop))
+            np.subtract(band, excess, out=excess)  # float64, in place
+            spread_tiles.append(_block_median(np.abs(excess), block_px))
+            excess[np.isnan(band)] = 0.0
+            band[...] = excess
+            del excess
         sigma_tiles = _smooth_tiles(MAD_TO_SIGMA * np.concatenate(spread_tiles), neighbourhood)
     for first, stop in bands:
         rows = slice(first, stop)
-        band = residual[rows]
         sigma = np.maximum(_to_pixels(sigma_tiles, block_px, shape, rows), MIN_SIGMA)
-        yield (rows, np.where(np.isnan(band), 0.0, band - _to_pixels(offset_tiles, block_px, shape, rows)
-                              ).astype(np.float32, copy=False), sigma.astype(np.float32, copy=False))
+        # a copy: a view would keep the whole residual alive as long as the caller keeps the band
+        yield rows, residual[rows].copy(), sigma.astype(np.float32, copy=False)
 
 
 def local_excess(image, *, background_px: int = 81, block_px: int = 16,

@@ -27,11 +27,25 @@ RING_KWARGS = ("ring_px", "gap_px")
 class ClusterAnalysis:
     """One calcification cluster: where, how big, its mu/eps ratio and Table 1 class.
 
-    ``centroid_px``: (row, col) of its calcified pixels; ``n_pixels``: calcified pixels with
-    finite mu and eps; ``mu``, ``eps``: their tissue-normalised values; ``Ts``, ``Vs``: the
-    medians of T and V of the surrounding tissue (eq. 2).  ``tissue_factor``: the factor
-    ``ratio`` was multiplied by for the surrounding tissue (1.0: uncorrected; see
-    :func:`reconstruction.tissue_correction.correct_clusters`).
+    Attributes
+    ----------
+    label : int
+        Its label in the label image.
+    centroid_px : (float, float)
+        (row, col) of its calcified pixels (pixels).
+    n_pixels : int
+        Calcified pixels with finite mu and eps.
+    ratio, variance, texture, borderline, suspicious
+        As in :class:`reconstruction.microtexture.Microtexture`.
+    mu, eps : numpy.ndarray
+        Tissue-normalised absorption and scattering powers of those pixels (dimensionless).
+    Ts, Vs : float
+        Medians of T and V of the surrounding tissue (fractions; eq. 2).
+    tissue_factor : float
+        The factor ``ratio`` was multiplied by for the surrounding tissue (1.0:
+        uncorrected; see :func:`reconstruction.tissue_correction.correct_clusters`).
+    uncorrected_ratio : float
+        Property: the measured slope, ``ratio / tissue_factor``.
     """
 
     label: int
@@ -56,15 +70,56 @@ class ClusterAnalysis:
 
 def analyse_clusters(transmission, dark_field, labels=None, *, mask=None,
                      **segment_kwargs) -> list[ClusterAnalysis]:
-    """Classify every cluster of a T/V image pair, sorted by label.
+    """Classify every cluster of a T/V image pair: segment, normalise (eq. 2), classify.
 
-    ``labels``: a label image (0 = background), default :func:`segment_clusters` with
-    ``segment_kwargs``.  The threshold keywords of ``segment_kwargs`` (``eps_threshold``,
-    ``mu_threshold``, ``k_sigma``, ``background_px``) also pick the calcified pixels inside
-    given labels; ``ring_px``/``gap_px`` go to the tissue ring.  A cluster with fewer than
-    3 calcified pixels, no scattering ones or no tissue ring cannot be classified and is
-    left out.  ``mask``: the calcified pixels when already computed (by
-    :func:`calcified_mask` with the same thresholds), so they are not computed twice.
+    Parameters
+    ----------
+    transmission, dark_field : array_like
+        T and V images (fractions, 0-1), 2-D, of one shape.
+    labels : array_like of int, optional
+        A label image (0 = background); default :func:`label_clusters` of the mask, as
+        :func:`segment_clusters` with ``segment_kwargs``.
+    mask : array_like of bool, optional
+        The calcified pixels when already computed (by :func:`calcified_mask` with the same
+        thresholds), so they are not computed twice.
+    **segment_kwargs
+        ``eps_threshold``, ``mu_threshold``, ``k_sigma``, ``background_px`` (as in
+        :func:`calcified_mask`; they also pick the calcified pixels inside given labels),
+        ``min_pixels``, ``closing`` (:func:`label_clusters`), ``ring_px``, ``gap_px``
+        (:func:`surrounding_tissue`).
+
+    Returns
+    -------
+    list of ClusterAnalysis
+        Sorted by label.  A cluster with fewer than 3 calcified pixels, no scattering ones
+        or no tissue ring cannot be classified and is left out.
+
+    Raises
+    ------
+    TypeError
+        If ``segment_kwargs`` holds an unknown keyword (the message names it).
+    ValueError
+        If the images are not 2-D or differ in shape, or ``mask`` or ``labels`` is not of
+        their shape; bad thresholds as in :func:`calcified_mask`.
+
+    Notes
+    -----
+    Scherer et al., Sci Rep 6:36991 (2016), Methods ("Data normalization", eq. 2) and
+    Table 1.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from reconstruction import analyse_clusters
+    >>> transmission, dark_field = np.full((30, 30), 0.5), np.full((30, 30), 0.8)
+    >>> transmission[10:15, 10:15] *= np.exp(-0.1)  # a 5 x 5 px cluster: mu 0.1, eps 0.2
+    >>> dark_field[10:15, 10:15] *= np.exp(-0.2)
+    >>> found = analyse_clusters(transmission, dark_field, mu_threshold=0.05, eps_threshold=0.05,
+    ...                          background_px=15, min_pixels=5, closing=2)
+    >>> cluster = found[0]
+    >>> print(len(found), cluster.centroid_px, cluster.n_pixels, f"{cluster.ratio:.2f}",
+    ...       cluster.texture, cluster.suspicious)
+    1 (12.0, 12.0) 25 0.50 pleomorphic True
     """
     transmission, dark_field = check_images(transmission, dark_field, dtype=None)  # no copy
     ring_kwargs = {k: segment_kwargs.pop(k) for k in RING_KWARGS if k in segment_kwargs}

@@ -1,10 +1,14 @@
-"""Blocked, threaded kernels for the per-pixel stepping fit and retrieval.
+"""Kernels for the per-pixel stepping fit and retrieval: fused numba, or blocked numpy.
 
-The raw stack is read once, in blocks of rows that fit in the CPU cache: each block is
-converted to floats, multiplied by the (3, n) least-squares solver (BLAS) and turned into
-every output while it is still in cache.  Blocks run on a thread pool (numpy and BLAS
-release the GIL), one thread per core, with BLAS itself single-threaded meanwhile.  Integer and float32 stacks are computed in
-float32, float64 stacks in float64 (exact to float64 precision on noise-free data).
+With numba importable (and ``$TALBOT_LAU_KERNEL`` not ``numpy``), the fit and the
+retrieval run in one compiled pass over the raw stack (``fused_kernel``, imported on first
+use).  Otherwise, the numpy path: the raw stack is read once, in blocks of rows that fit in
+the CPU cache: each block is converted to floats, multiplied by the (3, n) least-squares
+solver (BLAS) and turned into every output while it is still in cache.  Blocks run on a
+thread pool (numpy and BLAS release the GIL), one thread per core, with BLAS itself
+single-threaded meanwhile.  Both paths compute integer and float32 stacks in float32,
+float64 stacks in float64 (exact to float64 precision on noise-free data), and agree to
+float32 rounding.
 """
 
 from __future__ import annotations
@@ -59,10 +63,48 @@ def wrap(angle: np.ndarray) -> np.ndarray:
     return angle
 
 
-def fit_blocks(stack: np.ndarray, solver: np.ndarray):
+KERNEL_VARIABLE = "TALBOT_LAU_KERNEL"
+"""Environment variable forcing the kernel: ``numba`` or ``numpy`` (unset: numba if importable)."""
+
+
+def fused_module():
+    """The numba kernels (``reconstruction.fused_kernel``), or None without numba."""
+    try:
+        from . import fused_kernel
+    except ImportError:
+        return None
+    return fused_kernel
+
+
+def kernel_choice(kernel: str | None = None) -> str:
+    """``"numba"`` or ``"numpy"``: ``kernel``, else ``$TALBOT_LAU_KERNEL``, else numba if importable."""
+    source = "kernel" if kernel is not None else KERNEL_VARIABLE
+    name = kernel if kernel is not None else os.environ.get(KERNEL_VARIABLE, "").strip().lower() or None
+    if name not in (None, "numba", "numpy"):
+        raise ValueError(f"{source} must be 'numba' or 'numpy', got {name!r}")
+    if name == "numpy":
+        return "numpy"
+    if fused_module() is None:
+        if name == "numba":
+            raise ValueError(f"{source} is 'numba', but numba cannot be imported")
+        return "numpy"
+    return "numba"
+
+
+def _fused(stack: np.ndarray, kernel: str | None):
+    """The numba kernels if they are chosen and take this stack, else None."""
+    if kernel_choice(kernel) == "numba" and fused_module().supports(stack):
+        return fused_module()
+    return None
+
+
+def fit_blocks(stack: np.ndarray, solver: np.ndarray, kernel: str | None = None):
     """Per-pixel a0, a1 and phi of an (n, ny, nx) stack with a (3, n) solver."""
     n, ny, nx = stack.shape
     dtype = work_dtype(stack)
+    fused = _fused(stack, kernel)
+    if fused is not None:
+        return fused.fit(np.ascontiguousarray(stack), solver, dtype)
     a0, a1, phi = (np.empty((ny, nx), dtype) for _ in range(3))
 
     def block(first, last):
@@ -76,7 +118,8 @@ def fit_blocks(stack: np.ndarray, solver: np.ndarray):
 
 
 def retrieve_blocks(sample, solver, dark, reference_a0, reference_visibility, reference_phi,
-                    saturated_reference=None, saturation=None, floor=0.0, noise=None):
+                    saturated_reference=None, saturation=None, floor=0.0, noise=None,
+                    kernel=None):
     """Fit the sample and compare it with a fitted reference, block by block.
 
     Parameters
@@ -100,6 +143,9 @@ def retrieve_blocks(sample, solver, dark, reference_a0, reference_visibility, re
         (factor, noise_gain, read_noise): replace the sample's amplitude by its Rice
         posterior mean (:func:`reconstruction.noise.rice_amplitude`) with
         ``sigma = amplitude_sigma(a0, factor, noise_gain, read_noise)``.
+    kernel : {None, "numba", "numpy"}
+        The fused numba kernel or the blocked numpy path (same numbers to float32
+        rounding); None: ``$TALBOT_LAU_KERNEL``, else numba if importable.
 
     Returns
     -------
@@ -112,6 +158,10 @@ def retrieve_blocks(sample, solver, dark, reference_a0, reference_visibility, re
     dtype = work_dtype(sample)
     names = ("a0", "a1", "phi", "transmission", "dark_field", "differential_phase",
              "absorption", "scattering")
+    fused = _fused(sample, kernel)
+    if fused is not None:
+        return _retrieve_fused(fused, sample, solver, dark, reference_a0, reference_visibility,
+                               reference_phi, saturated_reference, saturation, floor, noise, dtype)
     out = {name: np.empty((ny, nx), dtype) for name in names}
     floor = dtype.type(floor)
 
@@ -150,3 +200,28 @@ def retrieve_blocks(sample, solver, dark, reference_a0, reference_visibility, re
 
     _run(block, ny, nx)
     return out
+
+
+def _retrieve_fused(fused, sample, solver, dark, reference_a0, reference_visibility, reference_phi,
+                    saturated_reference, saturation, floor, noise, dtype):
+    """``retrieve_blocks`` on the numba path; with a noise model, V and eps are finished here
+    from the Rice posterior mean of a1 (one extra pass over the 2-D images)."""
+    def image(value, kind=dtype):
+        return None if value is None else np.ascontiguousarray(value, dtype=kind)
+
+    out = fused.retrieve(
+        np.ascontiguousarray(sample), solver, dark, image(reference_a0),
+        image(reference_visibility), image(reference_phi), image(saturated_reference, np.bool_),
+        saturation, floor, dtype, with_ratio=noise is None)
+    bad = out.pop("bad")
+    if noise is not None:
+        a0 = out["a0"]
+        a1 = out["a1"] = rice_amplitude(out["a1"], amplitude_sigma(a0, *noise)).astype(dtype, copy=False)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            dark_field = a1 / (a0 * image(reference_visibility))
+            dark_field[bad] = np.nan
+            scattering = -np.log(dark_field)
+        scattering[~(dark_field > 0)] = np.nan
+        out["dark_field"], out["scattering"] = dark_field, scattering
+    return out
+

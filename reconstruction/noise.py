@@ -60,6 +60,16 @@ def rice_amplitude(amplitude, sigma) -> np.ndarray:
     numpy.ndarray
         The estimates (same unit; the dtype of ``amplitude`` if floating, else float64);
         NaN where either input is NaN.
+
+    Examples
+    --------
+    At ``sigma = 1``: the estimate never drops below ``sqrt(2/pi)`` and tends to
+    ``M - 1/(2 M)``:
+
+    >>> import numpy as np
+    >>> from reconstruction import rice_amplitude
+    >>> print(np.round(rice_amplitude([0.0, 1.0, 3.0, 10.0], 1.0), 3))
+    [0.798 1.009 2.776 9.949]
     """
     amplitude = np.asarray(amplitude)
     dtype = amplitude.dtype if np.issubdtype(amplitude.dtype, np.floating) else np.float64
@@ -172,6 +182,13 @@ def signal_floor(reference_a0) -> float:
     -------
     float
         The floor (ADU, > 0), or ``inf`` when no pixel is positive and finite.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from reconstruction import signal_floor
+    >>> print(signal_floor(np.full((4, 4), 2.0e4)), signal_floor(np.zeros((4, 4))))
+    20.0 inf
     """
     a0 = np.asarray(reference_a0)
     stride = max(1, int(np.sqrt(a0.size / _FLOOR_SAMPLES)))

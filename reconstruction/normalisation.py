@@ -40,8 +40,47 @@ def _check_ring(ring_px, gap_px) -> None:
 
 def surrounding_tissue(transmission, dark_field, labels, *, ring_px: float = 6,
                        gap_px: float = 2) -> dict[int, tuple[float, float]]:
-    """Per cluster label: (Ts, Vs), the medians of T and V over its ring of tissue
-    (NaN, NaN) if the ring has fewer than 3 usable pixels."""
+    """Per cluster label: (Ts, Vs), the medians of T and V over its ring of tissue.
+
+    Parameters
+    ----------
+    transmission, dark_field : array_like
+        T and V images (fractions, 0-1), 2-D, of one shape.
+    labels : array_like of int
+        Label image of that shape, 0 = background (e.g. :func:`segment_clusters`).
+    ring_px : float
+        Width of the tissue ring (pixels, >= 1).
+    gap_px : float
+        Distance (pixels, >= 0) between the cluster and its ring.
+
+    Returns
+    -------
+    dict of int to (float, float)
+        ``{label: (Ts, Vs)}``; (NaN, NaN) if the ring has fewer than 3 usable pixels.
+
+    Raises
+    ------
+    ValueError
+        If the images are not 2-D or differ in shape, ``labels`` is not a non-negative
+        integer image of their shape, ``ring_px < 1`` or ``gap_px < 0``.
+
+    Notes
+    -----
+    Scherer et al., Sci Rep 6:36991 (2016), Methods, "Data normalization", eq. 2.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from reconstruction import surrounding_tissue
+    >>> transmission, dark_field = np.full((30, 30), 0.5), np.full((30, 30), 0.8)
+    >>> transmission[10:15, 10:15] *= np.exp(-0.1)  # a 5 x 5 px cluster: mu 0.1, eps 0.2
+    >>> dark_field[10:15, 10:15] *= np.exp(-0.2)
+    >>> labels = np.zeros((30, 30), int)
+    >>> labels[10:15, 10:15] = 1
+    >>> print({k: (round(t, 3), round(v, 3))
+    ...        for k, (t, v) in surrounding_tissue(transmission, dark_field, labels).items()})
+    {1: (0.5, 0.8)}
+    """
     transmission, dark_field = check_images(transmission, dark_field, dtype=None)  # no copy
     labels = check_labels(labels, transmission.shape)
     _check_ring(ring_px, gap_px)
@@ -65,7 +104,42 @@ def surrounding_tissue(transmission, dark_field, labels, *, ring_px: float = 6,
 
 def normalise_to_surroundings(transmission, dark_field, labels, *, ring_px: float = 6,
                               gap_px: float = 2) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Per cluster label: (Tc, Vc) = (T/Ts, V/Vs) of its pixels, in ``np.nonzero`` order."""
+    """Per cluster label: (Tc, Vc) = (T/Ts, V/Vs) of its pixels (paper eq. 2).
+
+    Parameters
+    ----------
+    transmission, dark_field, labels, ring_px, gap_px
+        As in :func:`surrounding_tissue`.
+
+    Returns
+    -------
+    dict of int to (numpy.ndarray, numpy.ndarray)
+        ``{label: (Tc, Vc)}``, the cluster's pixels in ``np.nonzero`` order (fractions);
+        NaN where its ring is unusable.
+
+    Raises
+    ------
+    ValueError
+        If the images are not 2-D or differ in shape, ``labels`` is not a non-negative
+        integer image of their shape, ``ring_px < 1`` or ``gap_px < 0``.
+
+    Notes
+    -----
+    Scherer et al., Sci Rep 6:36991 (2016), Methods, eq. 2: ``Tc = T/Ts``, ``Vc = V/Vs``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from reconstruction import normalise_to_surroundings
+    >>> transmission, dark_field = np.full((30, 30), 0.5), np.full((30, 30), 0.8)
+    >>> transmission[10:15, 10:15] *= np.exp(-0.1)  # a 5 x 5 px cluster: mu 0.1, eps 0.2
+    >>> dark_field[10:15, 10:15] *= np.exp(-0.2)
+    >>> labels = np.zeros((30, 30), int)
+    >>> labels[10:15, 10:15] = 1
+    >>> tc, vc = normalise_to_surroundings(transmission, dark_field, labels)[1]
+    >>> print(tc.size, np.round(-np.log(tc[:3]), 3), np.round(-np.log(vc[:3]), 3))
+    25 [0.1 0.1 0.1] [0.2 0.2 0.2]
+    """
     transmission, dark_field = check_images(transmission, dark_field)
     labels = check_labels(labels, transmission.shape)
     tissue = surrounding_tissue(transmission, dark_field, labels, ring_px=ring_px, gap_px=gap_px)

@@ -25,7 +25,18 @@ class Retrieval:
     eps = -ln V, and the two stepping fits (dark subtracted; with a noise model, the
     amplitudes a1 are the Rice posterior means).  All five images are NaN at invalid pixels
     (no signal above :func:`reconstruction.noise.signal_floor` in sample or reference, no
-    fringes in the reference, saturated); mu and eps also where T or V <= 0."""
+    fringes in the reference, saturated); mu and eps also where T or V <= 0.
+
+    Attributes
+    ----------
+    transmission, dark_field : numpy.ndarray
+        T = a0s/a0r and V = (a1s/a0s)/(a1r/a0r), float32 (ny, nx), no unit.
+    differential_phase : numpy.ndarray
+        dphi = phi_s - phi_r, rad, wrapped to (-pi, pi].
+    absorption, scattering : numpy.ndarray
+        mu = -ln T and eps = -ln V (Scherer et al. 2016, eq. 1).
+    sample_fit, reference_fit : SteppingFit
+        The dark-subtracted stepping fits (a0, a1 in ADU, phi in rad)."""
 
     transmission: np.ndarray
     dark_field: np.ndarray
@@ -82,7 +93,9 @@ def retrieve(sample, reference, dark=None, *, steps=None, reference_steps=None, 
              saturation=None, noise_gain=None, read_noise=0.0) -> Retrieval:
     """Transmission, dark-field, differential phase, mu and eps of a sample scan.
 
-    The sample is read once, in cache-sized blocks on all cores (``kernels``).
+    The sample is read once, by the fused numba kernel on all cores, or without numba (or
+    with ``TALBOT_LAU_KERNEL=numpy``) by the blocked numpy path (``kernels``): same numbers
+    to float32 rounding.
 
     Parameters
     ----------
@@ -121,6 +134,32 @@ def retrieve(sample, reference, dark=None, *, steps=None, reference_steps=None, 
         dead pixel at the dark level leaves only float round-off (~1e-5 ADU) after dark
         subtraction and would otherwise read T = V = 1.  Also NaN: reference without
         fringes (a1 = 0), saturated pixels.
+
+    Raises
+    ------
+    ValueError
+        Naming the argument: ``sample``, ``reference`` or ``dark`` not a stack (or image)
+        of the sample's frame shape, ``reference_steps`` given with a fitted reference,
+        ``steps``/``period`` that do not fit the stacks, or a reference with no signal.
+
+    Notes
+    -----
+    T = a0s/a0r, V = (a1s/a0s)/(a1r/a0r), dphi = phi_s - phi_r, mu = -ln T and
+    eps = -ln V (Scherer et al., Sci Rep 6:36991 (2016), Methods and eq. 1).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from reconstruction import retrieve
+    >>> x = np.arange(9) / 9                      # G2 positions, in periods
+    >>> curve = lambda a0, a1: a0 + a1 * np.cos(2 * np.pi * x)
+    >>> reference = np.tile(curve(1000, 300)[:, None, None], (1, 2, 3))
+    >>> sample = np.tile(curve(500, 75)[:, None, None], (1, 2, 3))
+    >>> r = retrieve(sample, reference, steps=x, period=1.0)
+    >>> print(f"T = {r.transmission[0, 0]:.3f}, V = {r.dark_field[0, 0]:.3f}")
+    T = 0.500, V = 0.500
+    >>> print(f"mu = {r.absorption[0, 0]:.3f}, eps = {r.scattering[0, 0]:.3f}")
+    mu = 0.693, eps = 0.693
     """
     sample = _stack(sample, "sample")
     frame_shape = sample.shape[1:]

@@ -17,7 +17,19 @@ import numpy as np
 
 @dataclass(frozen=True)
 class RocCurve:
-    """Sensitivity and specificity at every threshold, the AUC and the Youden point."""
+    """Sensitivity and specificity at every threshold, the AUC and the Youden point.
+
+    Attributes
+    ----------
+    thresholds : numpy.ndarray
+        -inf, every distinct ratio in increasing order, +inf (mu/eps, dimensionless).
+    sensitivity, specificity : numpy.ndarray
+        Fractions (0-1) at each threshold, ratio > threshold counting as malignant.
+    auc : float
+        Area under the ROC (0-1).
+    youden_threshold, youden_sensitivity, youden_specificity : float
+        The threshold maximising sensitivity + specificity - 1, and its rates.
+    """
 
     thresholds: np.ndarray
     sensitivity: np.ndarray
@@ -41,7 +53,45 @@ def _checked(ratios, malignant) -> tuple[np.ndarray, np.ndarray]:
 
 
 def confusion_at(ratios, malignant, cutoff: float = 0.33) -> dict:
-    """Sensitivity, specificity and the four counts when ratio > ``cutoff`` is positive."""
+    """Sensitivity, specificity and the four counts when ratio > ``cutoff`` is positive.
+
+    Parameters
+    ----------
+    ratios : array_like of float
+        Finite mu/eps ratio of each cluster (dimensionless).
+    malignant : array_like of bool
+        Histology of each cluster (True: malignant); at least one of each kind.
+    cutoff : float
+        mu/eps above which a cluster counts as malignant (default 0.33, paper Fig. 5C).
+
+    Returns
+    -------
+    dict
+        ``sensitivity`` and ``specificity`` (fractions 0-1), ``true_positive``,
+        ``false_negative``, ``true_negative``, ``false_positive`` (counts).
+
+    Raises
+    ------
+    ValueError
+        If ``ratios`` and ``malignant`` differ in size, ``ratios`` holds NaN or inf, or
+        ``malignant`` is all True or all False.
+
+    Notes
+    -----
+    Scherer et al., Sci Rep 6:36991 (2016), Fig. 5C: at 0.33, sensitivity 83 % and
+    specificity 57 % over 31 biopsied clusters.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from reconstruction import confusion_at
+    >>> ratios = [0.12, 0.2, 0.3, 0.35, 0.4, 0.5]
+    >>> malignant = [False, False, True, False, True, True]
+    >>> counts = confusion_at(ratios, malignant)
+    >>> print(f"{counts['sensitivity']:.2f} {counts['specificity']:.2f}",
+    ...       counts["true_positive"], counts["false_positive"])
+    0.67 0.67 2 1
+    """
     ratios, malignant = _checked(ratios, malignant)
     positive = ratios > cutoff
     tp, fn = int(np.sum(positive & malignant)), int(np.sum(~positive & malignant))
@@ -51,7 +101,42 @@ def confusion_at(ratios, malignant, cutoff: float = 0.33) -> dict:
 
 
 def roc_curve(ratios, malignant) -> RocCurve:
-    """The ROC of classifying ratio > threshold as malignant, over every distinct ratio."""
+    """The ROC of classifying ratio > threshold as malignant, over every distinct ratio.
+
+    Parameters
+    ----------
+    ratios : array_like of float
+        Finite mu/eps ratio of each cluster (dimensionless).
+    malignant : array_like of bool
+        Histology of each cluster (True: malignant); at least one of each kind.
+
+    Returns
+    -------
+    RocCurve
+        Rates at every threshold, the trapezoid AUC (the Mann-Whitney probability, ties one
+        half) and the Youden point.
+
+    Raises
+    ------
+    ValueError
+        If ``ratios`` and ``malignant`` differ in size, ``ratios`` holds NaN or inf, or
+        ``malignant`` is all True or all False.
+
+    Notes
+    -----
+    Scherer et al., Sci Rep 6:36991 (2016), Fig. 5C: AUC 0.73, Youden cut-off 0.33.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from reconstruction import roc_curve
+    >>> ratios = [0.12, 0.2, 0.3, 0.35, 0.4, 0.5]
+    >>> malignant = [False, False, True, False, True, True]
+    >>> curve = roc_curve(ratios, malignant)
+    >>> print(f"{curve.auc:.3f} {curve.youden_threshold} {curve.youden_sensitivity:.2f} "
+    ...       f"{curve.youden_specificity:.2f}")
+    0.889 0.2 1.00 0.67
+    """
     ratios, malignant = _checked(ratios, malignant)
     thresholds = np.concatenate([[-np.inf], np.unique(ratios), [np.inf]])
     positive = ratios[None, :] > thresholds[:, None]

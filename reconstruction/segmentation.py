@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from . import segmentation_kernels
 from .background import excess_bands, negative_log, row_bands
 
 DEFAULT_K_SIGMA = 5.0
@@ -63,10 +64,49 @@ def calcified_mask(transmission, dark_field, *, eps_threshold=None, mu_threshold
                    band_rows: int | None = None) -> np.ndarray:
     """Pixels whose mu or eps exceeds the local tissue background by the threshold.
 
-    ``eps_threshold``/``mu_threshold``: absolute excess of eps = -ln V / mu = -ln T over the
-    local background; None: ``k_sigma`` times the robust local noise sigma of that image.
-    ``band_rows``: rows worked on at once (:func:`reconstruction.background.excess_bands`;
-    None: about 2 Mpx); the mask does not depend on it, the memory does.
+    Parameters
+    ----------
+    transmission, dark_field : array_like
+        T and V images (fractions, 0-1), 2-D, of one shape; float32 is kept without a copy.
+    eps_threshold, mu_threshold : float, optional
+        Absolute excess of eps = -ln V / mu = -ln T (dimensionless) over the local
+        background.  None: ``k_sigma`` times the robust local noise sigma of that image.
+    k_sigma : float
+        Threshold in units of the local noise sigma, where no absolute one is given.
+    background_px : int
+        Side (pixels) of the opening square that estimates the tissue background; wider
+        than a cluster (default 81, ~7 mm at 85 um).
+    band_rows : int, optional
+        Rows worked on at once (:func:`reconstruction.background.excess_bands`; None: about
+        2 Mpx); the mask does not depend on it, the memory does.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean mask of the calcified pixels, the shape of the images.
+
+    Raises
+    ------
+    ValueError
+        If the images are not 2-D or differ in shape, or a threshold or ``k_sigma`` is not
+        a positive number (the message names it).
+
+    Notes
+    -----
+    Scherer et al., Sci Rep 6:36991 (2016), Methods, "Data normalization": calcifications
+    are told from tissue by thresholding.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from reconstruction import calcified_mask
+    >>> transmission, dark_field = np.full((30, 30), 0.5), np.full((30, 30), 0.8)
+    >>> transmission[10:15, 10:15] *= np.exp(-0.1)  # a 5 x 5 px cluster: mu 0.1, eps 0.2
+    >>> dark_field[10:15, 10:15] *= np.exp(-0.2)
+    >>> mask = calcified_mask(transmission, dark_field, mu_threshold=0.05, eps_threshold=0.05,
+    ...                       background_px=15)
+    >>> print(int(mask.sum()), bool(mask[12, 12]), bool(mask[0, 0]))
+    25 True False
     """
     transmission, dark_field = check_images(transmission, dark_field, dtype=None)
     eps_threshold = _threshold(eps_threshold, "eps_threshold")
@@ -100,6 +140,8 @@ def merge_grains(mask: np.ndarray, radius_px: float, *, band_rows: int | None = 
     """
     if radius_px <= 0 or not mask.any():
         return mask.copy()
+    if radius_px < 254 and segmentation_kernels.enabled():  # compiled, the same pixels, 3 B/px
+        return segmentation_kernels.close_disc(mask, radius_px)
     halo = int(np.ceil(radius_px)) + 1  # a nearest pixel within radius_px is within halo rows
     ny = mask.shape[0]
     closed = np.empty_like(mask)
@@ -124,12 +166,45 @@ def segment_clusters(transmission, dark_field, *, eps_threshold=None, mu_thresho
                      min_pixels: int = 20, closing: float = DEFAULT_CLOSING_PX,
                      k_sigma: float = DEFAULT_K_SIGMA,
                      background_px: int = DEFAULT_BACKGROUND_PX) -> np.ndarray:
-    """Label image of calcification clusters: int32, 0 = background, 1..n in scan order.
+    """Label image of calcification clusters (:func:`calcified_mask`, :func:`label_clusters`).
 
     A label covers the closed region of a cluster (its grains and the tissue between
-    them); :func:`calcified_mask` says which of its pixels are calcified.  ``closing``:
-    radius (pixels) of the disc that merges grains; ``min_pixels``: fewest calcified pixels
-    of a kept cluster.  Thresholds as in :func:`calcified_mask`.
+    them); :func:`calcified_mask` says which of its pixels are calcified.
+
+    Parameters
+    ----------
+    transmission, dark_field : array_like
+        T and V images (fractions, 0-1), 2-D, of one shape.
+    eps_threshold, mu_threshold, k_sigma, background_px
+        As in :func:`calcified_mask`.
+    min_pixels : int
+        Fewest calcified pixels of a kept cluster.
+    closing : float
+        Radius (pixels) of the disc that merges grains into one cluster (default 12, ~1 mm
+        at 85 um).
+
+    Returns
+    -------
+    numpy.ndarray
+        int32 labels, 0 = background, 1..n in scan order.
+
+    Raises
+    ------
+    ValueError
+        If the images are not 2-D or differ in shape, ``min_pixels`` is not a positive
+        integer, ``closing`` is negative, or a threshold is not positive.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from reconstruction import segment_clusters
+    >>> transmission, dark_field = np.full((30, 30), 0.5), np.full((30, 30), 0.8)
+    >>> transmission[10:15, 10:15] *= np.exp(-0.1)  # a 5 x 5 px cluster: mu 0.1, eps 0.2
+    >>> dark_field[10:15, 10:15] *= np.exp(-0.2)
+    >>> labels = segment_clusters(transmission, dark_field, mu_threshold=0.05,
+    ...                           eps_threshold=0.05, background_px=15, min_pixels=5, closing=2)
+    >>> print(int(labels.max()), int((labels == 1).sum()))
+    1 25
     """
     check_images(transmission, dark_field)
     _check_label_arguments(min_pixels, closing)
@@ -141,7 +216,44 @@ def segment_clusters(transmission, dark_field, *, eps_threshold=None, mu_thresho
 def label_clusters(mask: np.ndarray, *, min_pixels: int = 20,
                    closing: float = DEFAULT_CLOSING_PX, band_rows: int | None = None) -> np.ndarray:
     """Label the closed regions of a calcified-pixel mask, as :func:`segment_clusters`.
-    ``band_rows``: as :func:`merge_grains` (the labels do not depend on it)."""
+
+    Parameters
+    ----------
+    mask : array_like of bool
+        Calcified pixels (2-D), e.g. from :func:`calcified_mask`.
+    min_pixels : int
+        Fewest calcified pixels of a kept cluster.
+    closing : float
+        Radius (pixels) of the disc whose morphological closing merges grains.
+    band_rows : int, optional
+        Rows worked on at once (None: about 2 Mpx); the labels do not depend on it.
+
+    Returns
+    -------
+    numpy.ndarray
+        int32 labels, 0 = background, 1..n in scan order.
+
+    Raises
+    ------
+    ValueError
+        If ``min_pixels`` is not a positive integer or ``closing`` is negative.
+
+    Examples
+    --------
+    Two grains one empty column apart merge; a lone pixel is dropped (``min_pixels``):
+
+    >>> import numpy as np
+    >>> from reconstruction import label_clusters
+    >>> mask = np.zeros((6, 10), bool)
+    >>> mask[2:4, 2:4] = mask[2:4, 5:7] = mask[4, 9] = True
+    >>> print(label_clusters(mask, min_pixels=2, closing=1.5))
+    [[0 0 0 0 0 0 0 0 0 0]
+     [0 0 0 0 0 0 0 0 0 0]
+     [0 0 1 1 1 1 1 0 0 0]
+     [0 0 1 1 1 1 1 0 0 0]
+     [0 0 0 0 0 0 0 0 0 0]
+     [0 0 0 0 0 0 0 0 0 0]]
+    """
     _check_label_arguments(min_pixels, closing)
     mask = np.asarray(mask, dtype=bool)
     regions, count = ndimage.label(merge_grains(mask, closing, band_rows=band_rows))

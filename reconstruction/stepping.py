@@ -26,8 +26,19 @@ a1 and phi is already amplified some 70-fold: such steps do not determine the si
 
 @dataclass(frozen=True)
 class SteppingFit:
-    """Per-pixel stepping curve: mean a0 and amplitude a1 >= 0 (input units, e.g. ADU),
-    phase phi (rad, in (-pi, pi])."""
+    """Per-pixel stepping curve ``a0 + a1*cos(2*pi*x/period + phi)``.
+
+    Attributes
+    ----------
+    a0 : numpy.ndarray
+        Mean of the curve (input units, e.g. ADU), shape (ny, nx).
+    a1 : numpy.ndarray
+        Amplitude of the first harmonic, >= 0 (same unit).
+    phi : numpy.ndarray
+        Phase (rad, in (-pi, pi]).
+    visibility : numpy.ndarray
+        Property: ``a1/a0`` (dimensionless).
+    """
 
     a0: np.ndarray
     a1: np.ndarray
@@ -41,7 +52,25 @@ class SteppingFit:
 
 
 def wrap_phase(phase) -> np.ndarray:
-    """Angles (rad) wrapped to (-pi, pi]."""
+    """Angles wrapped to (-pi, pi].
+
+    Parameters
+    ----------
+    phase : array_like
+        Angles (rad), any shape.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 angles (rad) in (-pi, pi], equal to ``phase`` modulo 2*pi; -pi maps to pi.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from reconstruction import wrap_phase
+    >>> print(np.round(wrap_phase([0.0, 4.0, -4.0, np.pi, -np.pi]), 3))
+    [ 0.    -2.283  2.283  3.142  3.142]
+    """
     wrapped = np.pi - np.mod(np.pi - np.asarray(phase, dtype=np.float64), 2 * np.pi)
     return np.where(wrapped <= -np.pi, wrapped + 2 * np.pi, wrapped)
 
@@ -85,10 +114,47 @@ def stepping_solver(steps: np.ndarray, period: float, *, name: str = "steps") ->
 
 
 def fit_stepping(stack, steps=None, period=None) -> SteppingFit:
-    """Fit ``I_k = a0 + a1*cos(2*pi*x_k/period + phi)`` per pixel of an (n_steps, ny, nx) stack.
+    """Fit ``I_k = a0 + a1*cos(2*pi*x_k/period + phi)`` per pixel of a phase-stepping scan.
 
-    ``steps``: measured G2 positions x_k in the unit of ``period`` (default equidistant
-    over one period; ``period`` defaults to 1, i.e. steps in periods).
+    Parameters
+    ----------
+    stack : array_like
+        Real (n_steps, ny, nx) stack, n_steps >= 3 (ADU, or any unit).
+    steps : array_like of float, optional
+        Measured G2 positions x_k (one per step, unit of ``period``, e.g. um); need not be
+        equidistant.  Default: ``k*period/n_steps``, equidistant over one period.
+    period : float, optional
+        Period of the G2 grating in the unit of ``steps`` (e.g. um).  Default 1: ``steps``
+        in periods.
+
+    Returns
+    -------
+    SteppingFit
+        a0, a1 (unit of ``stack``) and phi (rad) per pixel, float64 or float32.
+
+    Raises
+    ------
+    ValueError
+        If ``stack`` is not 3-D, not real or has fewer than 3 steps; if ``steps`` does not
+        give one finite position per step; if ``period`` is not a positive number; if the
+        steps do not span the period (design-matrix condition number > ``MAX_CONDITION``).
+
+    Notes
+    -----
+    The phase-stepping model of Scherer et al., Sci Rep 6:36991 (2016), Methods, after
+    Pfeiffer et al. (2008): a linear least-squares fit of ``a0 + c*cos(t) + s*sin(t)``,
+    exact at measured, non-equidistant steps.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from reconstruction import fit_stepping
+    >>> steps = np.array([0.0, 0.2, 0.45, 0.7])  # periods, not equidistant
+    >>> curve = 100 + 20 * np.cos(2 * np.pi * steps + 0.5)
+    >>> fit = fit_stepping(curve[:, None, None] * np.ones((1, 2, 2)), steps)
+    >>> a0, a1, phi, v = fit.a0[0, 0], fit.a1[0, 0], fit.phi[0, 0], fit.visibility[0, 0]
+    >>> print(f"{a0:.1f} {a1:.1f} {phi:.2f} {v:.2f}")
+    100.0 20.0 0.50 0.20
     """
     return fit_named(stack, steps, period)
 

@@ -31,7 +31,17 @@ MIN_PEAK = 0.2
 
 @dataclass(frozen=True)
 class Tile:
-    """One retrieved tile: T, V (visibility ratio), dphi (rad) and its stage position (mm)."""
+    """One retrieved tile and the stage position it was taken at.
+
+    Attributes
+    ----------
+    transmission, dark_field : numpy.ndarray
+        T and V (fractions, 0-1), 2-D, float32 or float64.
+    differential_phase : numpy.ndarray
+        dphi (rad), same shape.
+    stage_mm : (float, float)
+        Stage position (x, y) in mm.
+    """
 
     transmission: np.ndarray
     dark_field: np.ndarray
@@ -41,6 +51,22 @@ class Tile:
 
 @dataclass(frozen=True)
 class Mosaic:
+    """The stitched images, in sample coordinates.
+
+    Attributes
+    ----------
+    transmission, dark_field : numpy.ndarray
+        T = exp(-mu) and V = exp(-eps) of the mosaic (float32 fractions, NaN where no tile).
+    differential_phase : numpy.ndarray
+        Circular mean of the tiles' dphi (float32, rad).
+    absorption, scattering : numpy.ndarray
+        Feathered means of mu = -ln T and eps = -ln V (float32, dimensionless).
+    offsets_px : list of (int, int)
+        (row, column) of each tile's first pixel in the mosaic.
+    weight : numpy.ndarray
+        Sum of the feather weights of the tiles' finite mu (float32; 0: no data).
+    """
+
     transmission: np.ndarray
     dark_field: np.ndarray
     differential_phase: np.ndarray
@@ -52,7 +78,35 @@ class Mosaic:
 
 
 def place_tiles(stage_positions_mm, pixel_mm: float) -> np.ndarray:
-    """(n, 2) float offsets (rows, columns) of the tiles in the mosaic from stage positions."""
+    """Offsets of the tiles in the mosaic from their stage positions.
+
+    Parameters
+    ----------
+    stage_positions_mm : array_like of float
+        (n, 2) stage positions (x, y) in mm.
+    pixel_mm : float
+        Effective pixel size at the sample (mm), > 0.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n, 2) float offsets (rows, columns; pixels), the smallest 0: tile k at
+        ``-stage_k/pixel_mm`` (the stage carries the specimen).
+
+    Raises
+    ------
+    ValueError
+        If ``pixel_mm`` is not positive.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from reconstruction import place_tiles
+    >>> print(place_tiles([(0.0, 0.0), (0.85, 0.0), (0.0, 0.85)], pixel_mm=0.085))
+    [[10. 10.]
+     [10.  0.]
+     [ 0. 10.]]
+    """
     if not pixel_mm > 0:
         raise ValueError(f"pixel_mm must be > 0, got {pixel_mm}")
     stage = np.asarray(stage_positions_mm, dtype=np.float64).reshape(-1, 2)
@@ -88,7 +142,41 @@ def _overlap_mu(tile: Tile, start, top: int, bottom: int, left: int, right: int)
 
 def refine_offsets(tiles: list[Tile], offsets: np.ndarray, *, max_shift_px: int = 10,
                    min_overlap_px: int = 16) -> np.ndarray:
-    """Offsets corrected by phase correlation of every overlapping pair (tile 0 fixed)."""
+    """Offsets corrected by phase correlation of every overlapping pair (tile 0 fixed).
+
+    Parameters
+    ----------
+    tiles : list of Tile
+        Tiles of one shape.
+    offsets : array_like of float
+        (n, 2) offsets (rows, columns; pixels), e.g. :func:`place_tiles`.
+    max_shift_px : int
+        Largest correction (pixels) trusted; larger correlation peaks are ignored.
+    min_overlap_px : int
+        Fewest overlapping rows and columns (pixels) of a pair that is correlated.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n, 2) float offsets (pixels): the least-squares solution of all trusted pairwise
+        shifts, each tile weakly held to its given offset; ``offsets`` unchanged if no pair
+        is trusted.
+
+    Examples
+    --------
+    Two 40 x 40 px tiles of one scene overlapping by 20 columns, the stage off by 3 px:
+
+    >>> import numpy as np
+    >>> from reconstruction import Tile, place_tiles, refine_offsets
+    >>> scene = np.exp(-np.random.default_rng(0).uniform(0.1, 1.0, (40, 60)))
+    >>> ones, zeros = np.ones((40, 40)), np.zeros((40, 40))
+    >>> tiles = [Tile(scene[:, :40], ones, zeros, (0.0, 0.0)),
+    ...          Tile(scene[:, 20:], ones, zeros, (-20 * 0.085, 0.0))]
+    >>> stage = place_tiles([t.stage_mm for t in tiles], 0.085) + [[0, 0], [0, 3]]
+    >>> print(np.round(refine_offsets(tiles, stage), 2))
+    [[ 0.  0.]
+     [ 0. 20.]]
+    """
     offsets = np.asarray(offsets, dtype=np.float64)
     rows, cols = tiles[0].transmission.shape
     start = np.rint(offsets).astype(int)
@@ -132,7 +220,44 @@ def _feather(shape: tuple[int, int], feather_px: int) -> np.ndarray:
 
 
 def stitch(tiles: list[Tile], pixel_mm: float, *, refine: bool = True, feather_px: int = 32) -> Mosaic:
-    """The mosaic of ``tiles`` taken at their stage positions (effective pixel ``pixel_mm``)."""
+    """The mosaic of ``tiles`` taken at their stage positions.
+
+    Parameters
+    ----------
+    tiles : list of Tile
+        At least one; all images of one shape.
+    pixel_mm : float
+        Effective pixel size at the sample (mm), > 0.
+    refine : bool
+        Correct the stage offsets by phase correlation (:func:`refine_offsets`).
+    feather_px : int
+        Width (pixels) of the linear weight ramp from each tile edge.
+
+    Returns
+    -------
+    Mosaic
+        mu and eps averaged with feathered weights, dphi as a circular mean; NaN pixels of
+        a tile contribute nothing.
+
+    Raises
+    ------
+    ValueError
+        If ``tiles`` is empty, a tile's images differ in shape from tile 0's, or
+        ``pixel_mm`` is not positive.
+
+    Examples
+    --------
+    Two 8 x 8 px tiles 4 px (0.34 mm) apart make an 8 x 12 px mosaic:
+
+    >>> import numpy as np
+    >>> from reconstruction import Tile, stitch
+    >>> images = (np.full((8, 8), 0.5), np.full((8, 8), 0.8), np.zeros((8, 8)))
+    >>> mosaic = stitch([Tile(*images, (0.0, 0.0)), Tile(*images, (-0.34, 0.0))], 0.085,
+    ...                 refine=False, feather_px=2)
+    >>> print(mosaic.transmission.shape, mosaic.offsets_px,
+    ...       f"{float(mosaic.transmission[4, 6]):.3f} {float(mosaic.scattering[4, 6]):.3f}")
+    (8, 12) [(0, 0), (0, 4)] 0.500 0.223
+    """
     if not tiles:
         raise ValueError("no tiles to stitch")
     shape = tiles[0].transmission.shape

@@ -1,4 +1,5 @@
-"""Test environment: headless Qt, Channel Access on loopback only, small fast configs."""
+"""Test environment: headless Qt, Channel Access on loopback only; fixtures shared by the
+tests (helpers are in tests/support.py)."""
 
 import os
 
@@ -8,35 +9,37 @@ os.environ["EPICS_CA_AUTO_ADDR_LIST"] = "NO"
 os.environ["EPICS_CA_ADDR_LIST"] = "127.0.0.1"
 os.environ["EPICS_CAS_INTF_ADDR_LIST"] = "127.0.0.1"
 
-import dataclasses  # noqa: E402
-
 import pytest  # noqa: E402
-from event_model import DocumentNames, schema_validators  # noqa: E402
 
-from acquisition.config import load_config  # noqa: E402
+pytest_plugins = ["ioc_fixture"]  # the session fixture ``ioc`` (it picks the CA port on import)
 
-
-def small_config(rows: int = 96, cols: int = 112, time_scale: float = 0.0, **simulation):
-    """The embedded configuration on a small detector region and with no wall-clock waits."""
-    config = load_config()
-    det = config.setup.detector
-    region = ((det.rows - rows) // 2, (det.columns - cols) // 2, rows, cols)
-    setup = dataclasses.replace(config.setup, detector=dataclasses.replace(det, region=region))
-    sim = dataclasses.replace(config.simulation, time_scale=time_scale, **simulation)
-    return dataclasses.replace(config, setup=setup, simulation=sim)
+from support import run_engine, small_config  # noqa: E402
 
 
-def validated_documents(engine) -> list:
-    """Subscribe a collector to ``engine`` that validates every document against
-    event-model's schemas; returns the list it fills with (name, doc)."""
-    documents = []
+IOC_FIXTURES = {
+    "ioc": "tests/ioc_fixture.py: the session's IOC",
+    "slow_ioc": "tests/test_detector_twin.py: an IOC at time scale 0.05",
+    "real_time_ioc": "tests/test_motor_record_twin.py: an IOC at time scale 1",
+    "tl_iocs": "tests/test_docs.py: the rehearsal's two IOCs",
+}
+"""Fixtures that start a Channel Access IOC: a test that uses one is marked ``ioc``."""
 
-    def collect(name, doc):
-        schema_validators[DocumentNames[name]].validate(doc)
-        documents.append((name, doc))
 
-    engine.subscribe(collect)
-    return documents
+def pytest_collection_modifyitems(items):
+    """Mark ``ioc`` the tests that use an IOC fixture, ``qt`` those that use ``qtbot``."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & IOC_FIXTURES.keys():
+            item.add_marker(pytest.mark.ioc)
+        if "qtbot" in names:
+            item.add_marker(pytest.mark.qt)
+
+
+@pytest.fixture
+def RE():
+    """A RunEngine({}) that the test owns, cleaned up after it (see support.run_engine)."""
+    with run_engine() as engine:
+        yield engine
 
 
 @pytest.fixture

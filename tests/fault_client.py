@@ -27,7 +27,7 @@ from bluesky import RunEngine  # noqa: E402
 from acquisition.dose import dose_rate_mgy_per_s  # noqa: E402
 from acquisition.instrument import epics_instrument  # noqa: E402
 from acquisition.plans import darkfield_projection, safety, source_suspenders  # noqa: E402
-from conftest import small_config  # noqa: E402
+from support import small_config  # noqa: E402
 
 os.environ["EPICS_CA_ADDR_LIST"] = ADDRESSES
 

@@ -2,8 +2,8 @@
 
 libca reads ``EPICS_CA_ADDR_LIST`` when it creates its first channel and never again, and
 pyepics starts it lazily.  The port is therefore chosen and written to ``os.environ``
-when this module is imported, i.e. while pytest collects the test modules, before any
-test of the session creates a channel (tests/conftest.py only sets the address without a
+when this module is imported, i.e. when tests/conftest.py loads it as a plugin, before any
+test of the session creates a channel (conftest itself only sets the address without a
 port).  The fixture checks that nobody changed it since.
 """
 

@@ -27,10 +27,9 @@ from acquisition.instrument import simulated_instrument
 from acquisition.plans import (darkfield_mosaic, darkfield_projection, g2_alignment,
                                phase_step_positions, tube_warmup)
 from acquisition.plans.settings import PlanArgumentError, check_reference_clear, tile_field_mm
-from conftest import small_config
+from support import small_config
 from simulators.physics import build_phantom
 
-pytest_plugins = ["ioc_fixture"]  # the session fixture ``ioc``
 
 EMBEDDED = {name: yaml.safe_load((default_config_dir() / name).read_text())
             for name in ("instrument.yaml", "simulation.yaml")}
@@ -95,6 +94,7 @@ def mutated_config(draw):
     return name, data
 
 
+@pytest.mark.slow
 @FUZZ
 @given(mutated_config())
 def test_fuzzed_configs_load_or_raise_one_config_error(case):

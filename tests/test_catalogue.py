@@ -11,7 +11,6 @@ import time
 import h5py
 import numpy as np
 import pytest
-from bluesky import RunEngine
 
 from acquisition.storage.catalogue import (
     asset_path, catalogue_writer, connect_catalogue, find_runs, open_catalogue, read_api_key,
@@ -20,7 +19,7 @@ from acquisition.storage.frames import HANDLERS, HDF5FrameHandler, open_frame_fi
 from acquisition.instrument import simulated_instrument
 from acquisition.plans import darkfield_projection
 from acquisition.processing.live import darkfield_router
-from conftest import small_config
+from support import small_config, run_engine
 
 API_KEY = secrets.token_hex(16)  # tiled wants letters and digits only
 
@@ -86,37 +85,38 @@ def catalogued(tmp_path_factory):
         config = dataclasses.replace(config, instrument=dataclasses.replace(
             config.instrument, detector=dataclasses.replace(config.instrument.detector, compression="bslz4")))
         instrument = simulated_instrument(config, write_path=raw)
-        engine = RunEngine({})
-        recorder, derived = Recorder(), Recorder()
-        engine.subscribe(recorder)
-        engine.subscribe(catalogue_writer(client))
-        derived_writer = catalogue_writer(client)
-        processor = darkfield_router(out_dir=root / "derived",
-                                     publish=lambda name, doc: (derived(name, doc), derived_writer(name, doc)))
-        token = engine.subscribe(processor)  # only S-17 is processed
-        uids = {}
-        for sample in ("S-17", "S-18"):
-            known = set(recorder.streams)
-            (uids[sample],) = engine(darkfield_projection(instrument, steps=3, dark_frames=1,
-                                                          sample={"id": sample}))
-            recorder.run_descriptors[uids[sample]] = set(recorder.streams) - known
-            if token is not None:
-                engine.unsubscribe(token)
-                token = None
-        processor.wait()
-        recorder.derived = derived
-        client.context.close()
+        with run_engine() as engine:
+            recorder, derived = Recorder(), Recorder()
+            engine.subscribe(recorder)
+            engine.subscribe(catalogue_writer(client))
+            derived_writer = catalogue_writer(client)
+            processor = darkfield_router(out_dir=root / "derived",
+                                         publish=lambda name, doc: (derived(name, doc), derived_writer(name, doc)))
+            token = engine.subscribe(processor)  # only S-17 is processed
+            uids = {}
+            for sample in ("S-17", "S-18"):
+                known = set(recorder.streams)
+                (uids[sample],) = engine(darkfield_projection(instrument, steps=3, dark_frames=1,
+                                                              sample={"id": sample}))
+                recorder.run_descriptors[uids[sample]] = set(recorder.streams) - known
+                if token is not None:
+                    engine.unsubscribe(token)
+                    token = None
+            processor.wait()
+            recorder.derived = derived
+            client.context.close()
 
-        reopened = open_catalogue(directory, readable=readable)
-        recorder.root = root
-        yield reopened, uids, recorder, (server, port)
-        reopened.context.close()
+            reopened = open_catalogue(directory, readable=readable)
+            recorder.root = root
+            yield reopened, uids, recorder, (server, port)
+            reopened.context.close()
     finally:
         server.terminate()
         server.wait(timeout=10)
         log.close()
 
 
+@pytest.mark.slow
 def test_find_runs_gives_exactly_the_run_of_a_sample(catalogued):
     client, uids, _, _ = catalogued
     assert list(find_runs(client, "S-17")) == [uids["S-17"]]
@@ -124,6 +124,7 @@ def test_find_runs_gives_exactly_the_run_of_a_sample(catalogued):
     assert list(find_runs(client, "S-99")) == []
 
 
+@pytest.mark.slow
 def test_runs_survive_reopening_the_catalogue(catalogued):
     client, uids, _, _ = catalogued  # the fixture closed the writing client and reopened
     run = client[uids["S-17"]]
@@ -132,6 +133,7 @@ def test_runs_survive_reopening_the_catalogue(catalogued):
     assert set(run) == {"dark", "reference", "primary", "dose"}
 
 
+@pytest.mark.slow
 def test_primary_stream_keeps_the_recorded_g2_positions(catalogued):
     client, uids, recorder, _ = catalogued
     for sample, uid in uids.items():
@@ -140,6 +142,7 @@ def test_primary_stream_keeps_the_recorded_g2_positions(catalogued):
         np.testing.assert_array_equal(client[uid]["primary"]["g2"].read(), recorded)  # um
 
 
+@pytest.mark.slow
 def test_image_columns_read_back_the_raw_frames(catalogued):
     client, uids, recorder, _ = catalogued
     uid = uids["S-17"]
@@ -153,6 +156,7 @@ def test_image_columns_read_back_the_raw_frames(catalogued):
             np.testing.assert_array_equal(image, recorder.frame(datum_id))
 
 
+@pytest.mark.slow
 def test_derived_run_is_catalogued_with_its_images(catalogued):
     client, uids, recorder, _ = catalogued
     (derived_uid,) = find_runs(client, "S-17", derived=True)
@@ -170,7 +174,7 @@ def test_derived_run_is_catalogued_with_its_images(catalogued):
 
 
 @pytest.mark.filterwarnings("ignore:The callback:UserWarning")  # event-model on the failed start
-def test_a_failing_catalogue_never_fails_the_scan(tmp_path, caplog):
+def test_a_failing_catalogue_never_fails_the_scan(RE, tmp_path, caplog):
     class Unreachable:  # a tiled client whose server is gone
         def include_data_sources(self):
             return self
@@ -178,15 +182,15 @@ def test_a_failing_catalogue_never_fails_the_scan(tmp_path, caplog):
         def create_container(self, **kwargs):
             raise ConnectionError("catalogue server unreachable")
 
-    engine = RunEngine({})
-    engine.subscribe(catalogue_writer(Unreachable()))
+    RE.subscribe(catalogue_writer(Unreachable()))
     instrument = simulated_instrument(small_config(rows=32, cols=32), write_path=tmp_path)
-    (uid,) = engine(darkfield_projection(instrument, steps=3, dark_frames=1, sample={"id": "S-19"}))
+    (uid,) = RE(darkfield_projection(instrument, steps=3, dark_frames=1, sample={"id": "S-19"}))
     assert uid
     errors = [r for r in caplog.records if r.levelname == "ERROR" and r.name == "acquisition.storage.catalogue"]
     assert len(errors) == 1 and "start document not written" in errors[0].getMessage()
 
 
+@pytest.mark.slow
 def test_a_tiled_server_serves_the_same_catalogue(catalogued, tmp_path):
     _, uids, recorder, (server, port) = catalogued
     import httpx
@@ -237,6 +241,7 @@ def test_api_key_from_a_private_file_the_environment_or_fresh(tmp_path, monkeypa
     assert server_environment("abc123", base={})["TILED_SINGLE_USER_API_KEY"] == "abc123"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("holder", ["frames' shared handle", "h5py swmr", "h5py"])
 def test_a_frame_reads_while_its_file_is_open_elsewhere_in_the_process(catalogued, holder):
     """tiled's HDF5 adapter opened the file anew with swmr=True: OSError (SWMR read access
@@ -270,6 +275,7 @@ def test_a_frame_reads_while_its_file_is_open_elsewhere_in_the_process(catalogue
     assert open_frame_files() == before  # the catalogue keeps no file open
 
 
+@pytest.mark.slow
 def test_the_catalogue_stores_paths_relative_to_its_directory(catalogued):
     _, _, recorder, _ = catalogued
     with sqlite3.connect(recorder.root / "catalogue" / "catalog.db") as db:
@@ -279,6 +285,7 @@ def test_the_catalogue_stores_paths_relative_to_its_directory(catalogued):
     assert not any(str(recorder.root) in uri for uri in files)
 
 
+@pytest.mark.slow
 def test_a_moved_catalogue_reads_frames_and_derived_images_at_its_new_place(catalogued, tmp_path):
     """The catalogue and its run folder copied elsewhere, the copy then moved (so only the
     new place holds it), and opened there: its tables (marked, to tell them from the

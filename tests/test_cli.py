@@ -73,6 +73,7 @@ def test_no_simulator_stack_on_import(module):
     (["session", "--sim", "--config", "/nonexistent.yaml"], 2),
     (["reconstruct", "nothing.nxs", "--out", "out"], 1),
 ])
+@pytest.mark.slow
 def test_an_error_is_one_line_and_debug_gives_the_traceback(tmp_path, args, code):
     done = talbot_lau(*args, cwd=tmp_path)
     lines = stderr_lines(done)
@@ -150,6 +151,7 @@ def first_line(args, timeout_s: float = 30.0) -> str:
         process.wait()
 
 
+@pytest.mark.slow
 def test_proxy_and_processor_print_their_addresses(tmp_path):
     in_port, out_port = free_port(), free_port()
     line = first_line(["proxy", "--in-port", in_port, "--out-port", out_port])
@@ -160,6 +162,7 @@ def test_proxy_and_processor_print_their_addresses(tmp_path):
 
 # --- a quiet session ------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_session_starts_quietly(tmp_path):
     env = dict(os.environ, TALBOT_LAU_STATE=str(tmp_path / "state"))
     done = talbot_lau("session", "--sim", "--out", tmp_path / "data", "-c", "print('READY', 1)",

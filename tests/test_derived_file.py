@@ -10,8 +10,7 @@ from datetime import datetime
 import h5py
 import numpy as np
 import pytest
-from bluesky import RunEngine
-from conftest import small_config
+from support import small_config, run_engine
 from specimens import class_cluster
 
 from acquisition.config import embedded_calibration
@@ -37,10 +36,10 @@ IMAGES = ("transmission", "dark_field", "differential_phase", "absorption", "sca
 def _record(folder, plan, rows, cols, phantom):
     instrument = simulated_instrument(small_config(rows=rows, cols=cols), write_path=folder / "raw",
                                       phantom=phantom)
-    engine = RunEngine({})
-    engine.subscribe(run_recorder(folder))
-    (uid,) = engine(plan(instrument))
-    return folder / f"run_{uid[:8]}.nxs", uid
+    with run_engine() as engine:
+        engine.subscribe(run_recorder(folder))
+        (uid,) = engine(plan(instrument))
+        return folder / f"run_{uid[:8]}.nxs", uid
 
 
 @pytest.fixture(scope="module")
@@ -233,17 +232,16 @@ def test_a_wrong_context_is_refused_by_name(mosaic, tmp_path, change, argument):
     assert not (tmp_path / "d.h5").exists()
 
 
-def test_a_stored_reference_fit_is_recorded_and_found_after_a_move(tmp_path):
+def test_a_stored_reference_fit_is_recorded_and_found_after_a_move(RE, tmp_path):
     from acquisition.cli import main
     from acquisition.processing.offline import save_reference_fit
 
     folder = tmp_path / "run"
     instrument = simulated_instrument(small_config(rows=64, cols=64), write_path=folder / "raw")
-    engine = RunEngine({})
-    engine.subscribe(run_recorder(folder))
-    (first,) = engine(darkfield_projection(instrument, dark_frames=1))
+    RE.subscribe(run_recorder(folder))
+    (first,) = RE(darkfield_projection(instrument, dark_frames=1))
     stored = save_reference_fit(folder / f"run_{first[:8]}.nxs", folder / "reference_fit.h5")
-    (uid,) = engine(darkfield_projection(instrument, dark_frames=1, reference=str(folder / "reference_fit.h5")))
+    (uid,) = RE(darkfield_projection(instrument, dark_frames=1, reference=str(folder / "reference_fit.h5")))
     moved = tmp_path / "moved"
     shutil.copytree(folder, moved)
     shutil.rmtree(folder)

@@ -21,7 +21,6 @@ from caproto.threading.client import Context
 from acquisition.storage.frames import HDF5FrameHandler
 from ioc_fixture import _free_port, searching_port, spawn_ioc, stop_ioc
 
-pytest_plugins = ["ioc_fixture"]  # the session fixture ``ioc``
 SCALE = 0.05
 TIMEOUT_S = 10.0  # search + reply; a loaded CI machine has taken more than 3 s to answer
 
@@ -65,7 +64,7 @@ def pending_put(client, suffix, value, timeout_s=5.0):
 
 
 @pytest.fixture(scope="module")
-def slow(tmp_path_factory):
+def slow_ioc(tmp_path_factory):
     """A private IOC at time scale 0.05, its detector set to 1 recorded s exposures."""
     write_path = tmp_path_factory.mktemp("slow-ioc")
     port = _free_port()
@@ -94,67 +93,70 @@ def det(ioc):
     client.put("HDF1:Compression", 0)
 
 
-def test_acquire_put_callback_completes_when_all_images_are_taken_period_apart(slow):
-    slow.put("cam1:ImageMode", 1)  # Multiple
-    slow.put("cam1:NumImages", 3)
-    slow.put("cam1:AcquirePeriod", 8.0)  # 0.4 s wall, start to start
-    before = slow.get("cam1:ArrayCounter_RBV")
+@pytest.mark.slow
+def test_acquire_put_callback_completes_when_all_images_are_taken_period_apart(slow_ioc):
+    slow_ioc.put("cam1:ImageMode", 1)  # Multiple
+    slow_ioc.put("cam1:NumImages", 3)
+    slow_ioc.put("cam1:AcquirePeriod", 8.0)  # 0.4 s wall, start to start
+    before = slow_ioc.get("cam1:ArrayCounter_RBV")
     started = time.monotonic()
-    slow.put("cam1:Acquire", 1, timeout=10)
+    slow_ioc.put("cam1:Acquire", 1, timeout=10)
     elapsed = time.monotonic() - started
-    assert slow.get("cam1:Acquire_RBV") == 0 and slow.get("cam1:NumImagesCounter_RBV") == 3
-    assert slow.get("cam1:ArrayCounter_RBV") == before + 3
+    assert slow_ioc.get("cam1:Acquire_RBV") == 0 and slow_ioc.get("cam1:NumImagesCounter_RBV") == 3
+    assert slow_ioc.get("cam1:ArrayCounter_RBV") == before + 3
     assert 2 * 8.0 * SCALE <= elapsed < 5
 
     # without callback the put returns at once and Acquire_RBV shows the acquisition
-    slow.put("cam1:NumImages", 2)
+    slow_ioc.put("cam1:NumImages", 2)
     started = time.monotonic()
-    slow.put("cam1:Acquire", 1, notify=False)
+    slow_ioc.put("cam1:Acquire", 1, notify=False)
     assert time.monotonic() - started < 0.3
-    assert slow.get("cam1:Acquire_RBV") == 1
-    slow.wait_for("cam1:Acquire_RBV", 0, timeout_s=5)
+    assert slow_ioc.get("cam1:Acquire_RBV") == 1
+    slow_ioc.wait_for("cam1:Acquire_RBV", 0, timeout_s=5)
 
 
-def test_acquire_0_ends_a_pending_put_callback(slow):
-    slow.put("cam1:ImageMode", 2)  # Continuous
-    context, done = pending_put(slow, "cam1:Acquire", 1)
-    slow.wait_for("cam1:Acquire_RBV", 1)
+@pytest.mark.slow
+def test_acquire_0_ends_a_pending_put_callback(slow_ioc):
+    slow_ioc.put("cam1:ImageMode", 2)  # Continuous
+    context, done = pending_put(slow_ioc, "cam1:Acquire", 1)
+    slow_ioc.wait_for("cam1:Acquire_RBV", 1)
     assert not done.wait(0.5)
-    slow.put("cam1:Acquire", 0)
+    slow_ioc.put("cam1:Acquire", 0)
     assert done.wait(5)
     context.disconnect()
-    assert slow.get("cam1:Acquire_RBV") == 0 and slow.get("cam1:DetectorState_RBV") == 10  # Aborted
-    slow.put("cam1:ImageMode", 0)
+    assert slow_ioc.get("cam1:Acquire_RBV") == 0 and slow_ioc.get("cam1:DetectorState_RBV") == 10  # Aborted
+    slow_ioc.put("cam1:ImageMode", 0)
 
 
-def test_capture_put_callback_completes_when_num_capture_frames_are_written(slow):
-    slow.put("HDF1:FilePath", str(slow.write_path) + "/")
-    slow.put("HDF1:FileName", "capture")
-    slow.put("HDF1:NumCapture", 2)
-    slow.put("cam1:ImageMode", 1)
-    slow.put("cam1:NumImages", 2)
-    slow.put("cam1:AcquirePeriod", 0.0)
-    context, done = pending_put(slow, "HDF1:Capture", 1)
-    slow.wait_for("HDF1:Capture_RBV", 1)
+@pytest.mark.slow
+def test_capture_put_callback_completes_when_num_capture_frames_are_written(slow_ioc):
+    slow_ioc.put("HDF1:FilePath", str(slow_ioc.write_path) + "/")
+    slow_ioc.put("HDF1:FileName", "capture")
+    slow_ioc.put("HDF1:NumCapture", 2)
+    slow_ioc.put("cam1:ImageMode", 1)
+    slow_ioc.put("cam1:NumImages", 2)
+    slow_ioc.put("cam1:AcquirePeriod", 0.0)
+    context, done = pending_put(slow_ioc, "HDF1:Capture", 1)
+    slow_ioc.wait_for("HDF1:Capture_RBV", 1)
     assert not done.wait(0.3)
-    slow.put("cam1:Acquire", 1, timeout=10)
+    slow_ioc.put("cam1:Acquire", 1, timeout=10)
     assert done.wait(5)
     context.disconnect()
-    assert slow.get("HDF1:NumCaptured_RBV") == 2 and slow.get("HDF1:Capture_RBV") == 0
+    assert slow_ioc.get("HDF1:NumCaptured_RBV") == 2 and slow_ioc.get("HDF1:Capture_RBV") == 0
 
     # Capture = 0 ends a pending callback; without callback the put returns at once
-    slow.put("HDF1:NumCapture", 0)
-    context, done = pending_put(slow, "HDF1:Capture", 1)
-    slow.wait_for("HDF1:Capture_RBV", 1)
+    slow_ioc.put("HDF1:NumCapture", 0)
+    context, done = pending_put(slow_ioc, "HDF1:Capture", 1)
+    slow_ioc.wait_for("HDF1:Capture_RBV", 1)
     assert not done.wait(0.3)
-    slow.put("HDF1:Capture", 0)
+    slow_ioc.put("HDF1:Capture", 0)
     assert done.wait(5)
     context.disconnect()
     started = time.monotonic()
-    slow.put("HDF1:Capture", 1, notify=False)
+    slow_ioc.put("HDF1:Capture", 1, notify=False)
     assert time.monotonic() - started < 0.3
-    slow.wait_for("HDF1:Capture_RBV", 1)
-    slow.put("HDF1:Capture", 0)
+    slow_ioc.wait_for("HDF1:Capture_RBV", 1)
+    slow_ioc.put("HDF1:Capture", 0)
 
 
 @pytest.mark.parametrize("suffix", ["AcquireTime", "AcquirePeriod"])

@@ -8,7 +8,7 @@ import pytest
 
 import devices
 from acquisition.instrument import InstrumentNotConnected, epics_instrument
-from conftest import small_config
+from support import small_config
 from simulators.twins import SimPaxScan, SimSampleStage, SimTube
 
 
@@ -44,6 +44,7 @@ def test_detector_has_the_twins_cam_and_plugin_layout():
         assert name in cam.component_names and name in SimPaxScan.cam.cls.component_names
 
 
+@pytest.mark.slow
 def test_epics_instrument_names_the_prefix_and_pvs_when_no_ioc_answers():
     with pytest.raises(InstrumentNotConnected, match=r"prefix 'NOBODY:'(.|\n)*NOBODY:tube:") as err:
         epics_instrument(small_config(), prefix="NOBODY:", connect_timeout_s=0.2)

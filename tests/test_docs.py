@@ -336,6 +336,7 @@ def _clone(destination: Path) -> Path:
     return destination
 
 
+@pytest.mark.slow
 def test_demo_from_a_clone_scores_both_specimens_against_their_truth(tmp_path):
     """README's main command on a copy of the repository: pip installs the package (into a
     virtual environment that sees this one's dependencies) and the demo runs on the embedded
@@ -406,6 +407,7 @@ def test_the_test_command_is_what_ci_runs():
 
 # --- Python in operating.md -------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_projection_and_a_lab_day_from_python(tmp_path, configs_2):
     """The two Python blocks of operating.md in one interpreter, as written (the second uses
     the first's ``RE`` and ``instrument``), on a region with a fine and a pleomorphic
@@ -495,6 +497,7 @@ def serve_the_catalogue_of(cwd: Path, uid: str) -> dict:
     return found
 
 
+@pytest.mark.slow
 def test_the_session_forms_on_the_twins_and_over_channel_access(sessions, configs_12):
     """The three forms of ``talbot-lau session`` as written, typed into through IPython: the
     in-process twins with the monitor and the EPICS instrument of a lab.yaml (the IOC twins)
@@ -530,6 +533,7 @@ def test_the_session_forms_on_the_twins_and_over_channel_access(sessions, config
     assert served["key"] and served["key"] not in served["output"]
 
 
+@pytest.mark.slow
 def test_the_rehearsal_over_channel_access_with_the_monitor_equals_reconstruct(sessions, configs_12):
     """docs/operating.md's rehearsal: the IOC twins (``tl_iocs``: its first command) and the
     session over Channel Access with the monitor, as written; the live derived images equal
@@ -626,6 +630,7 @@ def zmq_run(tmp_path_factory, configs_12, configs_2):
            "monitor": window.output, "proxy": p.output, "catalogue": in_process, "server": server.output}
 
 
+@pytest.mark.slow
 def test_processor_monitor_and_proxy_over_zmq(zmq_run, configs_12):
     """The remote processor records the run and writes the derived images with the 12
     clusters as the truth; the session's own processor agrees; every server answered Ctrl-C."""
@@ -640,6 +645,7 @@ def test_processor_monitor_and_proxy_over_zmq(zmq_run, configs_12):
     assert zmq_run["statuses"] == {"processor": 0, "monitor": 0, "proxy": 0}, zmq_run
 
 
+@pytest.mark.slow
 def test_the_catalogue_in_process_and_behind_a_tiled_server(zmq_run, configs_2):
     """docs/catalogue.md: the in-process block; then its server command on the 0MQ session's
     ``talbot-lau-data`` and its client block in the same interpreter (the in-process block's
@@ -674,6 +680,7 @@ def test_the_tiled_command_by_hand_is_the_one_the_package_builds():
 
 # --- hardware.md --------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_epics_instrument_against_the_twins(tmp_path, configs_12, tl_iocs):
     """hardware.md's three instruments: the lab's (the config's prefix TL:, served here by
     the IOC twins), the same classes at an explicit prefix, and the in-process twins."""
@@ -776,21 +783,19 @@ def test_the_reconstruction_api_is_as_documented():
             assert not missing, (name, missing)
 
 
-def test_the_hdf5_example_classifies_the_clusters_as_the_truth(tmp_path, configs_2):
+@pytest.mark.slow
+def test_the_hdf5_example_classifies_the_clusters_as_the_truth(RE, tmp_path, configs_2):
     """reconstruction.md's example on files the test writes as it expects them (the sample,
     reference and dark stacks of a simulated projection in areaDetector's layout, the G2
     positions as text): it prints the fine and the pleomorphic cluster as they are."""
-    from bluesky import RunEngine
-
     from acquisition.config import load_config
     from acquisition.instrument import simulated_instrument
     from acquisition.plans import darkfield_projection
     from acquisition.storage.run_record import read_run_record, run_recorder
 
     config = load_config(configs_2 / "instrument.yaml", configs_2 / "simulation.yaml")
-    engine = RunEngine({})
-    engine.subscribe(run_recorder(tmp_path / "run"))
-    engine(darkfield_projection(simulated_instrument(config, write_path=tmp_path / "raw"), steps=5,
+    RE.subscribe(run_recorder(tmp_path / "run"))
+    RE(darkfield_projection(simulated_instrument(config, write_path=tmp_path / "raw"), steps=5,
                                 dark_frames=2, exposure_s=1.0))
     (record,) = (tmp_path / "run").glob("run_*.nxs")
     rows = read_run_record(record).frames
@@ -816,6 +821,7 @@ def test_the_hdf5_example_classifies_the_clusters_as_the_truth(tmp_path, configs
     assert all(p["suspicious"] == (p["ratio"] > 0.33) for p in printed)
 
 
+@pytest.mark.slow
 def test_the_small_study_writes_its_report(tmp_path):
     """docs/study.md's small study, as written: one row per dose, with the documented
     keys, fractions in 0-1, and the table printed (this tree's package first on the path)."""

@@ -4,8 +4,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from bluesky import RunEngine
-from conftest import small_config, validated_documents
+from support import small_config, validated_documents
 
 from acquisition.config import ConfigError, DoseConfig, load_config
 from acquisition.dose import (
@@ -36,6 +35,7 @@ def test_simulated_beam_meets_the_measured_hvl_and_air_kerma():
     assert kerma == pytest.approx(2.1, abs=0.1)
 
 
+@pytest.mark.slow
 def test_output_factor_scales_the_photons_the_frames_are_made_of():
     setup = Setup(detector=Detector(region=(760, 952, 8, 8)))
     unit = dataclasses.replace(setup.source, output_factor=1.0)
@@ -59,6 +59,7 @@ def test_g_factor_follows_the_published_table():
     assert np.all(np.diff([g_factor(h, 45.0) for h in hvls]) > 0)  # harder: more per kerma
 
 
+@pytest.mark.slow
 def test_mean_glandular_dose_of_the_papers_protocol():
     assert dose_rate_mgy_per_s(PAPER, 40.0, 70.0) == pytest.approx(0.89, abs=0.03)
     assert dose_rate_mgy_per_s(PAPER, 40.0, 70.0, 45.0) == dose_rate_mgy_per_s(PAPER, 40.0, 70.0)
@@ -71,11 +72,10 @@ def test_mean_glandular_dose_of_the_papers_protocol():
         dose_rate_mgy_per_s(PAPER, 40.0, 70.0, -1.0)
 
 
-def test_a_paraffin_block_is_labelled_by_the_reference_breast(tmp_path):
+def test_a_paraffin_block_is_labelled_by_the_reference_breast(RE, tmp_path):
     instrument = simulated_instrument(small_config(rows=32, cols=32), write_path=tmp_path / "raw")
-    engine = RunEngine({})
-    documents = validated_documents(engine)
-    engine(darkfield_projection(instrument, dark_frames=1, sample={"id": "paraffin-10", "thickness_mm": 10.0}))
+    documents = validated_documents(RE)
+    RE(darkfield_projection(instrument, dark_frames=1, sample={"id": "paraffin-10", "thickness_mm": 10.0}))
     start = next(doc for name, doc in documents if name == "start")
     assert start["sample"]["thickness_mm"] == 10.0  # recorded, not used for the dose
     assert start["planned_dose_mgy"] == pytest.approx(planned_dose_mgy(PAPER, 40.0, 70.0, 81.0), rel=1e-6)

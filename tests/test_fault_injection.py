@@ -22,7 +22,7 @@ import h5py
 import pytest
 from ioc_fixture import REPO, _free_port, caget, spawn_ioc, stop_ioc
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.ioc]  # each test starts an IOC of its own
 TIME_SCALE = 0.05
 CLIENT = Path(__file__).with_name("fault_client.py")
 
@@ -124,6 +124,7 @@ def sample_sets_complete(report: dict, steps: int) -> None:
 
 @pytest.mark.parametrize("when", ["EVENT primary 2", "EVENT reference 5"],
                          ids=["mid-exposure", "mid-move-to-sample"])
+@pytest.mark.slow
 def test_ioc_restart_mid_set_repeats_the_set_at_the_planned_settings(scenario, when):
     """SIGKILL and a restart: the restarted IOC has its defaults (AcquireTime 9 s, no file,
     axes at 0); the plan suspends, re-applies and checks the settings, repeats the set."""
@@ -147,6 +148,7 @@ def test_ioc_restart_mid_set_repeats_the_set_at_the_planned_settings(scenario, w
     assert report["shutter_after"] == 0 and run.shutter_readback() == 0
 
 
+@pytest.mark.slow
 def test_ioc_lost_for_good_fails_naming_the_ioc(scenario):
     run = scenario()
 
@@ -163,6 +165,7 @@ def test_ioc_lost_for_good_fails_naming_the_ioc(scenario):
     dose_is_what_was_exposed(report)
 
 
+@pytest.mark.slow
 def test_ioc_hung_past_the_echo_timeout_leaves_the_shutter_closed(scenario):
     """SIGSTOP for longer than the CA echo timeout (2 s here), then SIGCONT: ophyd's channels
     may come back read-only; the shutter is closed through a fresh channel or by the
@@ -202,6 +205,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.slow
 def test_disk_full_at_the_ioc_fails_the_run_with_the_reason_and_no_hang(scenario, small_disk):
     """A 32 x 48 frame is 3 kB: 160 kB fill up within the run."""
     (small_disk / "ballast").write_bytes(b"\0" * 120_000)
@@ -213,6 +217,7 @@ def test_disk_full_at_the_ioc_fails_the_run_with_the_reason_and_no_hang(scenario
     frames_readable(report)
 
 
+@pytest.mark.slow
 def test_unwritable_write_path_fails_before_any_xray(scenario, tmp_path):
     """The detector's write path is outside the IOC's write root: staging fails with the
     IOC's reason, before the run opens and before the shutter opens."""

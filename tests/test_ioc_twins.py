@@ -12,9 +12,8 @@ import epics
 import h5py
 import numpy as np
 import pytest
-from bluesky import RunEngine
 from bluesky import plans as bp
-from conftest import small_config, validated_documents
+from support import small_config, validated_documents, run_engine
 from ioc_fixture import wait_for
 from ophyd import EpicsMotor, EpicsSignal
 from ophyd.utils import LimitError
@@ -22,7 +21,6 @@ from ophyd.utils import LimitError
 import devices
 from devices.tube import RefusedCommand
 
-pytest_plugins = ["ioc_fixture"]  # the session fixture ``ioc``
 CONNECT_S = 10.0
 
 
@@ -165,7 +163,8 @@ def test_arc_faults_the_tube_until_fault_reset(ioc, tube):
     tube.shutter.set(1).wait(timeout=5)
 
 
-def test_detector_counts_write_hdf5_frames_that_follow_g2(ioc, tube):
+@pytest.mark.slow
+def test_detector_counts_write_hdf5_frames_that_follow_g2(RE, ioc, tube):
     rows, cols = ioc.region[2:]
     detector = devices.PaxScanDetector(ioc.prefix, name="detector", write_path=ioc.write_path)
     g2 = devices.PiezoStepper(ioc.pv("g2"), name="g2", settle_time=0.0)
@@ -176,11 +175,10 @@ def test_detector_counts_write_hdf5_frames_that_follow_g2(ioc, tube):
     tube.ma.set(70.0).wait(timeout=5)
     tube.shutter.set(1).wait(timeout=5)
 
-    engine = RunEngine({})
-    documents = validated_documents(engine)
+    documents = validated_documents(RE)
     started = time.monotonic()
     # G2 at 0, 0 and half a period (4.8 um): the fringes invert between the 0s and 2.4
-    engine(bp.list_scan([detector], g2, [0.0, 0.0, 2.4]))
+    RE(bp.list_scan([detector], g2, [0.0, 0.0, 2.4]))
     elapsed = time.monotonic() - started
     tube.shutter.set(0).wait(timeout=5)
 
@@ -221,6 +219,7 @@ def document_shape(documents):
     return streams, counts
 
 
+@pytest.mark.slow
 def test_darkfield_projection_over_ca_has_the_twins_document_shape(ioc, tmp_path):
     from acquisition.instrument import epics_instrument, simulated_instrument
     from acquisition.plans import darkfield_projection
@@ -231,10 +230,10 @@ def test_darkfield_projection_over_ca_has_the_twins_document_shape(ioc, tmp_path
     twins = simulated_instrument(config, write_path=tmp_path)
     runs = {}
     for kind, instrument in (("ca", over_ca), ("twin", twins)):
-        engine = RunEngine({})
-        runs[kind] = validated_documents(engine)
-        engine(darkfield_projection(instrument, steps=3, dark_frames=1, exposure_s=9.0,
-                                    sample={"id": "CA-1"}))
+        with run_engine() as engine:
+            runs[kind] = validated_documents(engine)
+            engine(darkfield_projection(instrument, steps=3, dark_frames=1, exposure_s=9.0,
+                                        sample={"id": "CA-1"}))
 
     documents = runs["ca"]
     assert document_shape(documents) == document_shape(runs["twin"])
@@ -257,7 +256,8 @@ def test_darkfield_projection_over_ca_has_the_twins_document_shape(ioc, tmp_path
     assert frames[1:].mean(axis=(1, 2)).min() > 10 * frames[0].mean()  # beam off for the dark
 
 
-def test_stock_ophyd_area_detector_classes_acquire_into_files(ioc, tube):
+@pytest.mark.slow
+def test_stock_ophyd_area_detector_classes_acquire_into_files(RE, ioc, tube):
     """A lab's generic ophyd detector (stock cam and HDF5 plugin) works against the twin."""
     from ophyd import Component
     from ophyd.areadetector import DetectorBase, SingleTrigger
@@ -278,9 +278,8 @@ def test_stock_ophyd_area_detector_classes_acquire_into_files(ioc, tube):
     detector.wait_for_connection(timeout=CONNECT_S)
     detector.cam.acquire_time.set(1.0).wait(timeout=5)
     tube.shutter.set(1).wait(timeout=5)
-    engine = RunEngine({})
-    documents = validated_documents(engine)
-    engine(bp.count([detector], num=2))
+    documents = validated_documents(RE)
+    RE(bp.count([detector], num=2))
     tube.shutter.set(0).wait(timeout=5)
 
     (resource,) = [doc for name, doc in documents if name == "resource"]
@@ -293,6 +292,7 @@ def test_stock_ophyd_area_detector_classes_acquire_into_files(ioc, tube):
     assert min(frame.mean() for frame in frames) > 100  # exposed frames, not zeros
 
 
+@pytest.mark.slow
 def test_session_runs_a_plan_on_the_ioc_twins(ioc, tmp_path):
     """``talbot-lau session --ioc P``: the operator's IPython over Channel Access."""
     import os
@@ -318,18 +318,18 @@ def test_session_runs_a_plan_on_the_ioc_twins(ioc, tmp_path):
     assert list((tmp_path / "data").glob("run_*"))  # the run record, as with the twins
 
 
-def test_stats_plugin_gives_each_event_the_mean_of_its_frame(ioc, tube):
+@pytest.mark.slow
+def test_stats_plugin_gives_each_event_the_mean_of_its_frame(RE, ioc, tube):
     """``det:Stats1:`` (NDStats) over CA: the image's mean is a hinted reading of every event,
     computed from the very frame the HDF5 plugin wrote, before the trigger completes."""
     detector = devices.PaxScanDetector(ioc.prefix, name="detector", write_path=ioc.write_path)
     detector.wait_for_connection(timeout=CONNECT_S)
     assert detector.hints == {"fields": ["detector_stats1_mean_value"]}
     detector.cam.acquire_time.set(1.0).wait(timeout=5)
-    engine = RunEngine({})
-    documents = validated_documents(engine)
-    engine(bp.count([detector], num=2))  # shutter closed: dark frames
+    documents = validated_documents(RE)
+    RE(bp.count([detector], num=2))  # shutter closed: dark frames
     tube.shutter.set(1).wait(timeout=5)
-    engine(bp.count([detector], num=1))  # open beam
+    RE(bp.count([detector], num=1))  # open beam
     tube.shutter.set(0).wait(timeout=5)
 
     descriptor = next(doc for name, doc in documents if name == "descriptor")

@@ -21,7 +21,7 @@ import time
 import h5py
 import numpy as np
 import pytest
-from conftest import small_config
+from support import small_config
 from ioc_fixture import REPO
 
 from acquisition.storage.frames import (
@@ -33,7 +33,6 @@ from acquisition.storage.frames import (
     open_frame_files,
 )
 
-pytest_plugins = ["ioc_fixture"]  # the session fixture ``ioc``
 
 SAMPLE_POSITION_MM = (4.5, 0.0)
 """Puts a cluster of the embedded phantom into the test IOC's 32 x 48 region."""
@@ -74,6 +73,8 @@ class Writer:
             self.process.stdin.write("close\n")
             self.process.stdin.flush()
             self.process.wait(timeout=10)
+        self.process.stdin.close()
+        self.process.stdout.close()
 
 
 @pytest.fixture
@@ -152,6 +153,7 @@ def lag_behind(monitor, processor, timeout: float = 60.0) -> None:
     monitor._raw_event = raw_event  # the raw run's callback looks it up when the run starts
 
 
+@pytest.mark.slow
 def test_live_results_over_ca_with_the_monitor_equal_the_offline_reconstruction(ioc, tmp_path, qtbot,
                                                                                  monkeypatch):
     from acquisition.instrument import epics_instrument

@@ -7,8 +7,7 @@ import time
 import h5py
 import numpy as np
 import pytest
-from bluesky import RunEngine
-from conftest import small_config, validated_documents
+from support import small_config, validated_documents, run_engine
 
 from acquisition.config import load_config
 from acquisition.processing.derived_collector import DerivedCollector
@@ -61,14 +60,13 @@ def instrument(tmp_path):
                                 phantom=phantom)
 
 
-def test_reference_at_its_own_exposure_with_its_own_darks(instrument, tmp_path):
-    engine = RunEngine({})
-    documents = validated_documents(engine)
-    engine.subscribe(run_recorder(tmp_path))
+def test_reference_at_its_own_exposure_with_its_own_darks(RE, instrument, tmp_path):
+    documents = validated_documents(RE)
+    RE.subscribe(run_recorder(tmp_path))
     collector = DerivedCollector()
     processor = darkfield_router(out_dir=tmp_path, publish=collector)
-    engine.subscribe(processor)
-    engine(darkfield_projection(instrument, dark_frames=3, exposure_s=SHORT_S))
+    RE.subscribe(processor)
+    RE(darkfield_projection(instrument, dark_frames=3, exposure_s=SHORT_S))
     processor.wait()
 
     start = documents[0][1]
@@ -87,15 +85,14 @@ def test_reference_at_its_own_exposure_with_its_own_darks(instrument, tmp_path):
     assert len(collector.clusters) == 1  # the one cluster of the phantom
 
 
-def test_darks_at_each_exposure_differ_by_the_dark_current(instrument, tmp_path):
+def test_darks_at_each_exposure_differ_by_the_dark_current(RE, instrument, tmp_path):
     """The processor must subtract the dark of the matching exposure: they differ by the
     panel's dark current times the exposure difference."""
     from acquisition.processing.offline import load_sets
     from acquisition.storage.run_record import read_run_record
 
-    engine = RunEngine({})
-    engine.subscribe(run_recorder(tmp_path))
-    (uid,) = engine(darkfield_projection(instrument, dark_frames=3, exposure_s=SHORT_S))
+    RE.subscribe(run_recorder(tmp_path))
+    (uid,) = RE(darkfield_projection(instrument, dark_frames=3, exposure_s=SHORT_S))
     (_, frames), = load_sets(read_run_record(tmp_path / f"run_{uid[:8]}.nxs"))
     assert frames.exposure_s == SHORT_S and frames.reference_exposure_s == 9.0
     current = instrument.config.setup.detector.dark_current_adu_per_s
@@ -103,14 +100,15 @@ def test_darks_at_each_exposure_differ_by_the_dark_current(instrument, tmp_path)
     assert difference == pytest.approx(current * (9.0 - SHORT_S), abs=1.0)
 
 
+@pytest.mark.slow
 def test_dose_is_unchanged_by_the_reference_exposure(instrument):
     def dose(**kwargs):
-        engine = RunEngine({})
-        documents = validated_documents(engine)
-        engine(darkfield_projection(instrument, dark_frames=0, exposure_s=SHORT_S, **kwargs))
-        start = documents[0][1]
-        delivered = [doc for name, doc in documents if name == "event"][-1]["data"]["delivered_dose_mgy"]
-        return start["planned_dose_mgy"], delivered
+        with run_engine() as engine:
+            documents = validated_documents(engine)
+            engine(darkfield_projection(instrument, dark_frames=0, exposure_s=SHORT_S, **kwargs))
+            start = documents[0][1]
+            delivered = [doc for name, doc in documents if name == "event"][-1]["data"]["delivered_dose_mgy"]
+            return start["planned_dose_mgy"], delivered
 
     planned, delivered = dose(reference_exposure_s=SHORT_S)
     assert dose(reference_exposure_s=9.0) == pytest.approx((planned, delivered), rel=1e-9)
@@ -152,6 +150,7 @@ def _setup(rows=48, cols=48):
     return small_config(rows=rows, cols=cols).setup
 
 
+@pytest.mark.slow
 def test_scaled_reference_equals_the_equal_exposure_retrieval_noise_free():
     setup = _setup()
     phantom = Phantom(TissueSlab(), (cluster_preset("fine", (0.0, 0.0), seed=3),))
@@ -212,22 +211,22 @@ def test_stored_fit_round_trip(instrument, tmp_path):
         assert np.array_equal(getattr(back.fit, name), getattr(stored.fit, name))
 
 
-def test_a_run_with_a_stored_reference_skips_the_reference_scan(instrument, tmp_path):
-    engine = RunEngine({})
-    engine.subscribe(run_recorder(tmp_path))
-    (uid,) = engine(darkfield_projection(instrument, dark_frames=3))
+@pytest.mark.slow
+def test_a_run_with_a_stored_reference_skips_the_reference_scan(RE, instrument, tmp_path):
+    RE.subscribe(run_recorder(tmp_path))
+    (uid,) = RE(darkfield_projection(instrument, dark_frames=3))
     path = tmp_path / "reference_fit.h5"
     stored = save_reference_fit(tmp_path / f"run_{uid[:8]}.nxs", path)
     assert stored.source_uid == uid and stored.exposure_s == 9.0 and stored.kv == 40.0
     assert stored.region == tuple(instrument.config.setup.detector.region)
     assert np.nanmedian(stored.fit.a1 / stored.fit.a0) > 0.1  # fringes, dark-subtracted
 
-    documents = validated_documents(engine)
+    documents = validated_documents(RE)
     collector, derived = DerivedCollector(), []
     processor = darkfield_router(out_dir=tmp_path, publish=lambda name, doc: (
         derived.append((name, doc)), collector(name, doc)))
-    engine.subscribe(processor)
-    engine(darkfield_projection(instrument, dark_frames=3, exposure_s=SHORT_S, reference=str(path)))
+    RE.subscribe(processor)
+    RE(darkfield_projection(instrument, dark_frames=3, exposure_s=SHORT_S, reference=str(path)))
     processor.wait()
     start = documents[0][1]
     assert _streams(documents) == {"dark": 3, "lag_flush": LAG_FLUSH_FRAMES, "primary": 9, "dose": 1}
@@ -282,13 +281,13 @@ def test_an_unreadable_stored_fit_is_refused_by_name(instrument, tmp_path):
         darkfield_projection(instrument, reference=str(path), reference_exposure_s=9.0)
 
 
-def test_a_mosaic_takes_its_references_at_their_own_exposure(instrument, tmp_path):
-    engine = RunEngine({})
-    documents = validated_documents(engine)
+@pytest.mark.slow
+def test_a_mosaic_takes_its_references_at_their_own_exposure(RE, instrument, tmp_path):
+    documents = validated_documents(RE)
     collector = DerivedCollector()
     processor = darkfield_router(out_dir=tmp_path, publish=collector)
-    engine.subscribe(processor)
-    engine(darkfield_mosaic(instrument, rows=1, columns=2, dark_frames=2, exposure_s=SHORT_S,
+    RE.subscribe(processor)
+    RE(darkfield_mosaic(instrument, rows=1, columns=2, dark_frames=2, exposure_s=SHORT_S,
                             reference_every=1, max_phase_drift_rad=1.0))
     processor.wait()
     counts = _streams(documents)
@@ -301,6 +300,7 @@ def test_a_mosaic_takes_its_references_at_their_own_exposure(instrument, tmp_pat
     assert [s["exit_status"] for s in collector.stops] == ["success"] * 3
 
 
+@pytest.mark.slow
 def test_the_lag_of_the_long_reference_is_flushed_before_the_short_sample(tmp_path):
     """The panel's lag (the twin: 1 % of the previous frame) of a 9 s reference frame is 30 %
     of a 0.3 s sample frame; the lag_flush frames read it out, so the cluster's mu/eps is
@@ -315,9 +315,9 @@ def test_the_lag_of_the_long_reference_is_flushed_before_the_short_sample(tmp_pa
         config = dataclasses.replace(config, setup=dataclasses.replace(config.setup, detector=detector))
         instrument = simulated_instrument(config, write_path=tmp_path / f"raw{lag}", phantom=phantom)
         collector = DerivedCollector()
-        engine = RunEngine({})
-        engine.subscribe(darkfield_router(out_dir=tmp_path / f"out{lag}", publish=collector, background=False))
-        engine(darkfield_projection(instrument, dark_frames=2, exposure_s=SHORT_S))
-        (cluster,) = collector.clusters
-        ratios.append(cluster["ratio"])
+        with run_engine() as engine:
+            engine.subscribe(darkfield_router(out_dir=tmp_path / f"out{lag}", publish=collector, background=False))
+            engine(darkfield_projection(instrument, dark_frames=2, exposure_s=SHORT_S))
+            (cluster,) = collector.clusters
+            ratios.append(cluster["ratio"])
     assert ratios[0] == pytest.approx(ratios[1], rel=0.03)

@@ -6,8 +6,7 @@ import copy
 import h5py
 import numpy as np
 import pytest
-from bluesky import RunEngine
-from conftest import small_config
+from support import small_config, run_engine
 
 from acquisition.instrument import simulated_instrument
 from acquisition.monitor import MonitorWindow
@@ -36,12 +35,12 @@ def four_classes(tmp_path_factory):
                                           for seed, (texture, centre) in enumerate(FOUR_CLASSES, start=2)))
     instrument = simulated_instrument(small_config(rows=112, cols=128), write_path=tmp / "raw", phantom=phantom)
     documents, router = _collect(tmp)
-    engine = RunEngine({})
-    engine.subscribe(lambda name, doc: documents.append(("raw", name, copy.deepcopy(doc))))
-    engine.subscribe(router)
-    engine(darkfield_projection(instrument, dark_frames=1, steps=5, exposure_s=1.0,
-                                reference_exposure_s=1.0))
-    return documents
+    with run_engine() as engine:
+        engine.subscribe(lambda name, doc: documents.append(("raw", name, copy.deepcopy(doc))))
+        engine.subscribe(router)
+        engine(darkfield_projection(instrument, dark_frames=1, steps=5, exposure_s=1.0,
+                                    reference_exposure_s=1.0))
+        return documents
 
 
 def _feed(window, documents, until=None):
@@ -173,7 +172,8 @@ def pg_colour(brush):
     return brush.color().getRgb()
 
 
-def test_monitor_follows_a_live_run(qtbot, tmp_path):
+@pytest.mark.slow
+def test_monitor_follows_a_live_run(RE, qtbot, tmp_path):
     """Through the Qt signal from the RunEngine and the processor's worker thread."""
     window = MonitorWindow()
     qtbot.addWidget(window)
@@ -183,10 +183,9 @@ def test_monitor_follows_a_live_run(qtbot, tmp_path):
     instrument = simulated_instrument(small_config(rows=96, cols=128), write_path=tmp_path / "raw",
                                       phantom=phantom)
     window.watch_tube(instrument.tube)
-    engine = RunEngine({})
-    engine.subscribe(window.raw_callback)
-    engine.subscribe(darkfield_router(out_dir=tmp_path, publish=window.derived_callback))
-    engine(darkfield_projection(instrument, dark_frames=1, steps=5, exposure_s=1.0,
+    RE.subscribe(window.raw_callback)
+    RE.subscribe(darkfield_router(out_dir=tmp_path, publish=window.derived_callback))
+    RE(darkfield_projection(instrument, dark_frames=1, steps=5, exposure_s=1.0,
                                 reference_exposure_s=1.0))
     qtbot.waitUntil(lambda: window.processing_status.text().startswith("done"), timeout=5000)
 
@@ -207,7 +206,8 @@ def test_monitor_follows_a_live_run(qtbot, tmp_path):
     assert window.grab().save(str(path)) and path.stat().st_size > 10_000
 
 
-def test_monitor_grows_the_mosaic_tile_by_tile_then_shows_the_stitch(qtbot, tmp_path):
+@pytest.mark.slow
+def test_monitor_grows_the_mosaic_tile_by_tile_then_shows_the_stitch(RE, qtbot, tmp_path):
     from acquisition.plans import darkfield_mosaic
 
     window = MonitorWindow()
@@ -219,10 +219,9 @@ def test_monitor_grows_the_mosaic_tile_by_tile_then_shows_the_stitch(qtbot, tmp_
     window.mosaic.plot.setTitle = lambda text: titles.append(text)
     statuses = []
     window.processing_status.setText = lambda text: statuses.append(text)
-    engine = RunEngine({})
-    engine.subscribe(window.raw_callback)
-    engine.subscribe(darkfield_router(out_dir=tmp_path, publish=window.derived_callback))
-    (uid,) = engine(darkfield_mosaic(instrument, rows=1, columns=2, overlap=0.0, steps=3,
+    RE.subscribe(window.raw_callback)
+    RE.subscribe(darkfield_router(out_dir=tmp_path, publish=window.derived_callback))
+    (uid,) = RE(darkfield_mosaic(instrument, rows=1, columns=2, overlap=0.0, steps=3,
                                      dark_frames=1, exposure_s=1.0, reference_exposure_s=1.0))
     qtbot.waitUntil(lambda: len(titles) == 3, timeout=10000)
 

@@ -7,8 +7,7 @@ import functools
 import h5py
 import numpy as np
 import pytest
-from bluesky import RunEngine
-from conftest import small_config
+from support import small_config, run_engine
 
 from acquisition.processing.derived_collector import DerivedCollector
 from acquisition.storage.frames import FRAME_DATASET, FrameLoader
@@ -30,12 +29,12 @@ def mosaic_documents(tmp_path, **plan):
     """A 2 x 2 mosaic on the twins (48 x 64 tiles), reference refreshed before tile 2."""
     instrument = simulated_instrument(small_config(rows=48, cols=64), write_path=tmp_path / "raw")
     documents = []
-    engine = RunEngine({})
-    engine.subscribe(lambda name, doc: documents.append((name, copy.deepcopy(doc))))
-    engine(darkfield_mosaic(instrument, **{"rows": 2, "columns": 2, "overlap": 0.2, "steps": 3,
-                                           "dark_frames": 2, "exposure_s": 1.0, "reference_exposure_s": 1.0,
-                                           "reference_every": 2, **plan}))
-    return documents
+    with run_engine() as engine:
+        engine.subscribe(lambda name, doc: documents.append((name, copy.deepcopy(doc))))
+        engine(darkfield_mosaic(instrument, **{"rows": 2, "columns": 2, "overlap": 0.2, "steps": 3,
+                                               "dark_frames": 2, "exposure_s": 1.0, "reference_exposure_s": 1.0,
+                                               "reference_every": 2, **plan}))
+        return documents
 
 
 def processor_jobs(documents, out):
@@ -60,6 +59,7 @@ def saturate_one_reference_pixel(frames, pixel=(5, 7)):
 @pytest.mark.parametrize("plan, noise_gain", [({}, None), ({"reference_exposure_s": 2.0}, None),
                                                ({}, 3.0)],
                          ids=["same-exposure", "low-dose", "noise-model"])
+@pytest.mark.slow
 def test_a_reference_set_is_fitted_once_and_gives_the_numbers_of_fitting_every_tile(
         tmp_path, plan, noise_gain):
     _, sets, _ = processor_jobs(mosaic_documents(tmp_path, **plan), tmp_path)
@@ -101,6 +101,7 @@ def test_reference_sets_without_identity_or_reuse_are_fitted_every_time(tmp_path
         ReferenceFits(keep=-1)
 
 
+@pytest.mark.slow
 def test_the_processor_keeps_float32_t_v_dphi_per_tile_and_stitches_as_from_whole_retrievals(tmp_path):
     documents = mosaic_documents(tmp_path)
     processor, sets, jobs = processor_jobs(documents, tmp_path)

@@ -39,7 +39,6 @@ from simulators.ioc.motor import (
 )
 from simulators.ioc.server import beacon_environment
 
-pytest_plugins = ["ioc_fixture"]  # the session fixture ``ioc``
 CONNECT_S = 10.0
 SLOW = 0.001
 """mm (um) per recorded s: 1 egu per wall second at the session IOC's time scale 0.001."""
@@ -98,6 +97,7 @@ def real_time_ioc(tmp_path_factory):
         beacons.close()
 
 
+@pytest.mark.slow
 def test_lvio_is_0_at_start_and_every_position_field_has_prec_and_egu(real_time_ioc):
     prefix, port, _ = real_time_ioc
     with searching_port(port):
@@ -114,6 +114,7 @@ def test_lvio_is_0_at_start_and_every_position_field_has_prec_and_egu(real_time_
             assert status & MSTA_DONE and not status & MSTA_MOVING
 
 
+@pytest.mark.slow
 def test_put_with_callback_completes_when_the_move_is_done(real_time_ioc):
     """A 40 mm move at 20 mm/s: 2 s.  ``write(notify=True)`` (caput -c) returns then; a put
     without callback returns at once; STOP and a retarget end a pending callback."""
@@ -165,6 +166,7 @@ def test_put_with_callback_completes_when_the_move_is_done(real_time_ioc):
         context.disconnect()
 
 
+@pytest.mark.slow
 def test_rbv_posts_at_the_records_10_hz_while_moving(real_time_ioc):
     from caproto.threading.client import Context
 
@@ -193,6 +195,7 @@ def test_rbv_posts_at_the_records_10_hz_while_moving(real_time_ioc):
     assert min(gaps) > 0.05 and max(gaps) < 0.2, gaps
 
 
+@pytest.mark.slow
 def test_beacons_go_to_the_served_interface_only(real_time_ioc, monkeypatch):
     """caproto sends beacons to EPICS_CAS_BEACON_ADDR_LIST, plus 255.255.255.255 unless that
     list is set and EPICS_CAS_AUTO_BEACON_ADDR_LIST=NO (caproto._utils)."""
@@ -219,6 +222,7 @@ def test_beacons_go_to_the_served_interface_only(real_time_ioc, monkeypatch):
 
 # --- stock clients on the session IOC ----------------------------------------------------
 
+@pytest.mark.slow
 def test_pyepics_motor_move_with_wait_takes_the_move_time(ioc, stage_y):
     motor = epics.Motor(ioc.pv("stage:y"))
     assert motor.get("LVIO") == 0
@@ -319,6 +323,7 @@ def test_home_completes_sets_homed_and_athm(ioc):
     assert get(ioc.pv("g2.RBV")) == pytest.approx(0.0) and get(ioc.pv("g2.DMOV")) == 1
 
 
+@pytest.mark.slow
 def test_spmg_stop_pause_move_go(ioc, stage_y):
     record = ioc.pv("stage:y")
     put(record + ".VELO", SLOW)
@@ -509,6 +514,7 @@ def test_tube_faults_carry_a_major_alarm(ioc, tube_pvs):
             assert severity(pv) == AlarmSeverity.NO_ALARM, pv
 
 
+@pytest.mark.slow
 def test_xray_tube_fails_a_refused_set_promptly(ioc, tube_pvs):
     tube = devices.XRayTube(tube_pvs, name="tube")
     tube.wait_for_connection(timeout=CONNECT_S)

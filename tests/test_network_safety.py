@@ -19,7 +19,6 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
-from bluesky import RunEngine
 from bluesky import plans as bp
 from caproto import AccessRights
 from caproto.sync.client import ErrorResponseReceived, read, write
@@ -27,10 +26,9 @@ from event_model import DocumentNames, schema_validators
 from ophyd import Signal
 
 from acquisition.processing.remote import make_proxy, publisher, serialize, start_dispatcher
-from conftest import small_config
+from support import small_config
 from ioc_fixture import _free_port, searching_port, spawn_ioc, stop_ioc
 
-pytest_plugins = ["ioc_fixture"]  # the session fixture ``ioc``
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -52,7 +50,7 @@ def start_proxy(request, bind=None) -> tuple[int, int]:
     command = [sys.executable, "-m", "acquisition.cli", "proxy", "--in-port", str(in_port),
                "--out-port", str(out_port)] + (["--bind", bind] if bind else [])
     proxy = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-    request.addfinalizer(proxy.kill)
+    request.addfinalizer(lambda: (proxy.kill(), proxy.wait()))
     for port in (in_port, out_port):
         deadline = time.monotonic() + 20
         while not listening_addresses(port):
@@ -115,6 +113,7 @@ def test_proxy_listens_on_loopback_only(proxy):
             assert s.connect_ex((address, proxy[0])) != 0
 
 
+@pytest.mark.slow
 def test_proxy_listens_where_bind_says(request):
     for port in start_proxy(request, bind="127.0.0.2"):  # another loopback address
         assert listening_addresses(port) == {"127.0.0.2"}
@@ -151,6 +150,10 @@ class Received:
         raise AssertionError("the document did not arrive")
 
 
+# a 0MQ PUB socket is collected unclosed during this test (not found yet: reported); as an
+# error its __del__ would skip the close, and the context's term() would then wait forever
+@pytest.mark.filterwarnings("default:Unclosed socket:ResourceWarning")
+@pytest.mark.filterwarnings("default:Exception ignored in. <function Socket.__del__:pytest.PytestUnraisableExceptionWarning")
 def test_a_pickle_is_never_executed_and_the_dispatcher_survives(proxy, request, tmp_path, caplog):
     in_port, out_port = proxy
     received = Received()
@@ -158,7 +161,7 @@ def test_a_pickle_is_never_executed_and_the_dispatcher_survives(proxy, request, 
     request.addfinalizer(stop)
     context = zmq.Context()
     sender = context.socket(zmq.PUB)
-    request.addfinalizer(context.destroy)
+    request.addfinalizer(lambda: context.destroy(linger=0))  # unsent messages must not block
     sender.connect(f"tcp://127.0.0.1:{in_port}")
     object_array = {b"nd": True, b"type": "|O", b"kind": b"O", b"shape": [1],
                     b"data": pickle.dumps(MakesDirectory(tmp_path / "by-msgpack-numpy"))}
@@ -207,7 +210,7 @@ def same(sent, got) -> bool:
     return type(got) is type(sent) and sent == got
 
 
-def test_documents_round_trip_over_the_proxy_as_msgpack(proxy, request):
+def test_documents_round_trip_over_the_proxy_as_msgpack(RE, proxy, request):
     in_port, out_port = proxy
     received = Received()
     stop = start_dispatcher(("127.0.0.1", out_port), [received])
@@ -219,14 +222,13 @@ def test_documents_round_trip_over_the_proxy_as_msgpack(proxy, request):
         if received.documents:
             break
         time.sleep(0.1)
-    engine = RunEngine({})
     sent = []
-    engine.subscribe(lambda name, doc: sent.append((name, doc)))
-    engine.subscribe(publish)
+    RE.subscribe(lambda name, doc: sent.append((name, doc)))
+    RE.subscribe(publish)
     image = Signal(value=np.arange(12, dtype=np.uint16).reshape(3, 4), name="image")
     current = Signal(value=np.float32(1.5), name="current")
     counter = Signal(value=np.int64(7), name="counter")
-    (uid,) = engine(bp.count([image, current, counter], num=2),
+    (uid,) = RE(bp.count([image, current, counter], num=2),
                     sample={"id": "S-1", "position_mm": (1.0, -2.5)})
     received.wait_for(lambda name, doc: name == "stop" and doc["run_start"] == uid)
     run = [(name, doc) for name, doc in received.documents if "probe" not in doc]
@@ -261,6 +263,8 @@ def test_access_rule_writes_only_from_the_write_hosts(tmp_path):
     assert lab.pvdb["V:g2"].check_access("127.0.0.1", "me") == AccessRights.READ
 
 
+@pytest.mark.slow
+@pytest.mark.ioc
 def test_a_client_not_among_the_write_hosts_reads_but_cannot_write(tmp_path):
     """An IOC that lets only 192.0.2.1 write, a client on loopback."""
     port, prefix = _free_port(), f"W{uuid.uuid4().hex[:6]}:"
@@ -322,6 +326,7 @@ def test_file_path_outside_the_write_root_is_refused(ioc, tmp_path):
 
 # --- the catalogue's API key --------------------------------------------------------------
 
+@pytest.mark.slow
 def test_catalogue_key_is_on_no_command_line_and_never_printed(tmp_path):
     directory, port = tmp_path / "catalogue", _free_port()
     env = {k: v for k, v in os.environ.items() if k != "TALBOT_LAU_API_KEY"}

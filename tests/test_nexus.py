@@ -10,7 +10,6 @@ import h5py
 import numpy as np
 import pytest
 import silx.io
-from bluesky import RunEngine
 from nexusformat.nexus import nxload
 from silx.io.nxdata import get_default
 
@@ -20,7 +19,7 @@ from acquisition.instrument import simulated_instrument
 from acquisition.plans import darkfield_projection
 from acquisition.processing.live import darkfield_router
 from acquisition.storage.run_record import read_run_record, run_recorder
-from conftest import small_config
+from support import small_config, run_engine
 from simulators.physics import Phantom, TissueSlab, cluster_preset
 
 SHAPE = (96, 96)
@@ -33,17 +32,17 @@ def measured(tmp_path_factory):
     phantom = Phantom(TissueSlab(), (cluster_preset("coarse", (0.0, 0.0), seed=3),))
     instrument = simulated_instrument(small_config(*SHAPE), write_path=out / "raw", phantom=phantom)
     documents, collector = [], DerivedCollector()
-    engine = RunEngine({})
-    engine.subscribe(lambda name, doc: documents.append((name, doc)))
-    engine.subscribe(run_recorder(out))
-    processor = darkfield_router(out_dir=out, publish=collector)
-    engine.subscribe(processor)
-    (uid,) = engine(darkfield_projection(instrument, dark_frames=2, sample={"id": "nx-1", "thickness_mm": 45}))
-    processor.wait()
-    assert [s["exit_status"] for s in collector.stops] == ["success"]
-    (derived,) = out.glob("derived_*.h5")
-    return SimpleNamespace(out=out, uid=uid, record=out / f"run_{uid[:8]}.nxs", derived=derived,
-                           documents=documents, clusters=collector.clusters)
+    with run_engine() as engine:
+        engine.subscribe(lambda name, doc: documents.append((name, doc)))
+        engine.subscribe(run_recorder(out))
+        processor = darkfield_router(out_dir=out, publish=collector)
+        engine.subscribe(processor)
+        (uid,) = engine(darkfield_projection(instrument, dark_frames=2, sample={"id": "nx-1", "thickness_mm": 45}))
+        processor.wait()
+        assert [s["exit_status"] for s in collector.stops] == ["success"]
+        (derived,) = out.glob("derived_*.h5")
+        return SimpleNamespace(out=out, uid=uid, record=out / f"run_{uid[:8]}.nxs", derived=derived,
+                               documents=documents, clusters=collector.clusters)
 
 
 def nx_class(f, path):

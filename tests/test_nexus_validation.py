@@ -15,13 +15,12 @@ from types import SimpleNamespace
 import h5py
 import numpy as np
 import pytest
-from bluesky import RunEngine
 
 from acquisition.storage.frames import FrameLoader, FrameRef
 from acquisition.instrument import simulated_instrument
 from acquisition.plans import darkfield_mosaic, darkfield_projection
 from acquisition.storage.run_record import IMAGE_KEYS, read_run_record, record_name, run_recorder
-from conftest import small_config
+from support import small_config, run_engine
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "data-format.md"
 SAMPLE = {"id": "V-1", "thickness_mm": 45, "description": "validator run"}
@@ -30,11 +29,11 @@ SAMPLE = {"id": "V-1", "thickness_mm": 45, "description": "validator run"}
 def record_run(out: Path, plan) -> SimpleNamespace:
     instrument = simulated_instrument(small_config(48, 64), write_path=out / "raw")
     documents = []
-    engine = RunEngine({})
-    engine.subscribe(lambda name, doc: documents.append((name, doc)))
-    engine.subscribe(run_recorder(out))
-    (uid,) = engine(plan(instrument))
-    return SimpleNamespace(out=out, uid=uid, record=out / record_name(uid), documents=documents)
+    with run_engine() as engine:
+        engine.subscribe(lambda name, doc: documents.append((name, doc)))
+        engine.subscribe(run_recorder(out))
+        (uid,) = engine(plan(instrument))
+        return SimpleNamespace(out=out, uid=uid, record=out / record_name(uid), documents=documents)
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +102,7 @@ def test_nxvalidate_finds_an_nxtomo_entry_without_errors(runs, kind):
     assert totals(done.stdout) == (0, 0), done.stdout[-3000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["projection", "mosaic"])
 def test_punx_validates_without_a_traceback_or_an_error(runs, kind):
     done = run(tool("punx"), "validate", str(runs[kind].record))

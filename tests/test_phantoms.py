@@ -103,6 +103,7 @@ def noise_free_ratios(name: str, seeds) -> list[tuple[str, float]]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["paraffin10", "breast45"])
 def test_ratios_spread_and_classes_order_by_median(name):
     ratios = noise_free_ratios(name, seeds=(1, 2, 3))

@@ -5,13 +5,12 @@ import threading
 import h5py
 import numpy as np
 import pytest
-from bluesky import RunEngine
 from bluesky import plans as bp
 from bluesky.utils import RunEngineInterrupted
 
 from acquisition.instrument import simulated_instrument
 from acquisition.plans import PlanArgumentError, alignment_report, darkfield_projection, g2_alignment
-from conftest import small_config
+from support import small_config
 
 
 @pytest.fixture
@@ -25,11 +24,10 @@ def frames_of(documents):
         return f["entry/data/data"][()]
 
 
-def test_alignment_finds_the_visibility_and_the_working_point(instrument):
+def test_alignment_finds_the_visibility_and_the_working_point(RE, instrument):
     documents = []
-    engine = RunEngine({})
-    engine.subscribe(lambda name, doc: documents.append((name, doc)))
-    engine(g2_alignment(instrument, steps=12, periods=2, exposure_s=1.0))
+    RE.subscribe(lambda name, doc: documents.append((name, doc)))
+    RE(g2_alignment(instrument, steps=12, periods=2, exposure_s=1.0))
     start = documents[0][1]
     report = alignment_report(frames_of(documents), start["positions_um"], start["period_um"], dark=102.0)
     assert 0.15 < report["visibility_median"] < 0.35
@@ -42,30 +40,28 @@ def test_alignment_finds_the_visibility_and_the_working_point(instrument):
         g2_alignment(instrument, steps=8, periods=5)
 
 
-def test_stock_plans_work_with_our_devices(instrument):
-    engine = RunEngine({})
+def test_stock_plans_work_with_our_devices(RE, instrument):
     instrument.tube.shutter.put(1)
-    uids = [engine(bp.count([instrument.detector], num=2)),
-            engine(bp.scan([instrument.detector], instrument.g2, 0.0, 4.0, 3)),
-            engine(bp.grid_scan([instrument.detector], instrument.stage.x, -1.0, 1.0, 2,
+    uids = [RE(bp.count([instrument.detector], num=2)),
+            RE(bp.scan([instrument.detector], instrument.g2, 0.0, 4.0, 3)),
+            RE(bp.grid_scan([instrument.detector], instrument.stage.x, -1.0, 1.0, 2,
                                 instrument.stage.y, -1.0, 1.0, 2))]
     assert all(len(u) == 1 for u in uids)
     assert instrument.stage.x.position == 1.0 and instrument.g2.position == 4.0
 
 
-def test_pause_then_abort_closes_the_shutter(instrument):
-    engine = RunEngine({})
+def test_pause_then_abort_closes_the_shutter(RE, instrument):
     count = {"events": 0}
 
     def pause_in_reference(name, doc):
         if name == "event":
             count["events"] += 1
             if count["events"] == 4:  # as Ctrl-C would, from another thread
-                threading.Thread(target=engine.request_pause).start()
+                threading.Thread(target=RE.request_pause).start()
 
-    engine.subscribe(pause_in_reference)
+    RE.subscribe(pause_in_reference)
     with pytest.raises(RunEngineInterrupted):
-        engine(darkfield_projection(instrument, dark_frames=1, steps=5, exposure_s=1.0))
-    assert engine.state == "paused"
-    engine.abort(reason="operator")
+        RE(darkfield_projection(instrument, dark_frames=1, steps=5, exposure_s=1.0))
+    assert RE.state == "paused"
+    RE.abort(reason="operator")
     assert instrument.tube.shutter.get() == 0

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-from bluesky import RunEngine
 
 import acquisition.plans as plans
 from acquisition.instrument import simulated_instrument
@@ -17,6 +16,7 @@ from acquisition.plans import (PlanArgumentError, darkfield_mosaic, darkfield_pr
                                tube_warmup)
 from acquisition.plans.source import honour_time_scale
 from acquisition.progress import PlanProgress
+from support import run_engine
 
 OPERATING = Path(__file__).resolve().parents[1] / "docs" / "operating.md"
 
@@ -112,25 +112,26 @@ def test_the_session_help_screen_plans_are_accepted(instrument):
 
 def run_warmup(instrument, **kwargs):
     """(wall s, [(signal, value) set], [sleep s], documents, progress text) of one warm-up run."""
-    engine = RunEngine({})
-    honour_time_scale(engine, instrument)
-    documents, sets, sleeps = [], [], []
-    engine.subscribe(lambda name, doc: documents.append((name, doc)))
-    bar = io.StringIO()
-    engine.subscribe(PlanProgress(file=bar))
+    with run_engine() as engine:
+        honour_time_scale(engine, instrument)
+        documents, sets, sleeps = [], [], []
+        engine.subscribe(lambda name, doc: documents.append((name, doc)))
+        bar = io.StringIO()
+        engine.subscribe(PlanProgress(file=bar))
 
-    def hook(msg):
-        if msg.command == "set":
-            sets.append((msg.obj.name, msg.args[0]))
-        elif msg.command == "sleep":
-            sleeps.append(msg.args[0])
+        def hook(msg):
+            if msg.command == "set":
+                sets.append((msg.obj.name, msg.args[0]))
+            elif msg.command == "sleep":
+                sleeps.append(msg.args[0])
 
-    engine.msg_hook = hook
-    started = time.monotonic()
-    engine(tube_warmup(instrument, **kwargs))
-    return time.monotonic() - started, sets, sleeps, documents, bar.getvalue()
+        engine.msg_hook = hook
+        started = time.monotonic()
+        engine(tube_warmup(instrument, **kwargs))
+        return time.monotonic() - started, sets, sleeps, documents, bar.getvalue()
 
 
+@pytest.mark.slow
 def test_warmup_takes_simulated_time_and_skips_a_signal_at_its_target(instrument):
     assert instrument.config.simulation.time_scale == 0.002  # the embedded time scale
     instrument.tube.kv.put(40.0)

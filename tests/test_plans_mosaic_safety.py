@@ -4,7 +4,6 @@ import threading
 import time
 
 import pytest
-from bluesky import RunEngine
 
 from acquisition.config import DoseConfig
 from acquisition.dose import dose_rate_mgy_per_s, planned_dose_mgy
@@ -12,7 +11,7 @@ from acquisition.instrument import simulated_instrument
 from acquisition.plans import (
     PlanArgumentError, darkfield_mosaic, darkfield_projection, source_suspenders, tile_positions,
 )
-from conftest import small_config
+from support import small_config
 
 
 @pytest.fixture
@@ -42,10 +41,10 @@ def test_tile_grid_snakes_and_is_centred():
     assert {t["y_mm"] for t in tiles} == {-5.0, 5.0}
 
 
-def test_mosaic_reads_tile_and_stage_in_every_event(instrument):
-    engine = RunEngine({})
-    documents = collect(engine)
-    engine(darkfield_mosaic(instrument, rows=2, columns=2, overlap=0.2, steps=3, dark_frames=1,
+@pytest.mark.slow
+def test_mosaic_reads_tile_and_stage_in_every_event(RE, instrument):
+    documents = collect(RE)
+    RE(darkfield_mosaic(instrument, rows=2, columns=2, overlap=0.2, steps=3, dark_frames=1,
                             reference_every=2, exposure_s=1.0))
     start = documents[0][1]
     assert start["plan_name"] == "darkfield_mosaic" and len(start["mosaic"]["tiles"]) == 4
@@ -63,15 +62,14 @@ def test_mosaic_reads_tile_and_stage_in_every_event(instrument):
     assert events["dose"][0]["data"]["delivered_dose_mgy"] == pytest.approx(4 * 3 * 1.0 * rate)
 
 
-def test_a_refreshed_reference_is_labelled_with_the_tile_it_serves(instrument, tmp_path):
+def test_a_refreshed_reference_is_labelled_with_the_tile_it_serves(RE, instrument, tmp_path):
     """reference_every=2 on a 2 x 2 mosaic: the reference scan taken before tile 2 says
     tile=2 (not 1, the tile before it), in its events and in the run record's frame table."""
     from acquisition.storage.run_record import read_run_record, record_name, run_recorder
 
-    engine = RunEngine({})
-    documents = collect(engine)
-    engine.subscribe(run_recorder(tmp_path / "record"))
-    (uid,) = engine(darkfield_mosaic(instrument, rows=2, columns=2, overlap=0.2, steps=3, dark_frames=1,
+    documents = collect(RE)
+    RE.subscribe(run_recorder(tmp_path / "record"))
+    (uid,) = RE(darkfield_mosaic(instrument, rows=2, columns=2, overlap=0.2, steps=3, dark_frames=1,
                                      reference_every=2, exposure_s=1.0, reference_exposure_s=1.0))
     events = events_by_stream(documents)
     assert [e["data"]["tile"] for e in events["reference"]] == [0, 0, 0, 2, 2, 2]
@@ -93,6 +91,7 @@ def test_mosaic_beyond_the_stage_is_refused_before_anything_moves(instrument):
     assert instrument.stage.x.position == 0.0 and instrument.tube.shutter.get() == 0
 
 
+@pytest.mark.slow
 def test_dose_model_scales_with_current_voltage_and_thickness():
     dose = DoseConfig()
     paper = planned_dose_mgy(dose, 40, 70, 81)
@@ -104,11 +103,11 @@ def test_dose_model_scales_with_current_voltage_and_thickness():
     assert thin > paper > thick  # a thicker breast shields its deeper glandular tissue
 
 
-def test_interlock_trip_suspends_repeats_the_set_and_keeps_every_frame(instrument):
-    engine = RunEngine({})
+@pytest.mark.slow
+def test_interlock_trip_suspends_repeats_the_set_and_keeps_every_frame(RE, instrument):
     for suspender in source_suspenders(instrument.tube, kv=40.0, ma=70.0, sleep_s=0.05):
-        engine.install_suspender(suspender)
-    documents = collect(engine)
+        RE.install_suspender(suspender)
+    documents = collect(RE)
     seen = {"reference": 0}
     streams = {}
 
@@ -127,8 +126,8 @@ def test_interlock_trip_suspends_repeats_the_set_and_keeps_every_frame(instrumen
                 threading.Thread(target=door).start()
                 time.sleep(0.05)  # the trip lands while the set is under way
 
-    engine.subscribe(trip_once)
-    engine(darkfield_projection(instrument, dark_frames=1, steps=5, exposure_s=1.0))
+    RE.subscribe(trip_once)
+    RE(darkfield_projection(instrument, dark_frames=1, steps=5, exposure_s=1.0))
     events = events_by_stream(documents)
     assert len(events["reference"]) >= 5 + 4  # the interrupted set was repeated in full
     assert len(events["primary"]) == 5
@@ -139,33 +138,31 @@ def test_interlock_trip_suspends_repeats_the_set_and_keeps_every_frame(instrumen
     assert instrument.detector.hdf1.num_captured.get() == sum(len(v) for k, v in events.items() if k != "dose")
 
 
-def test_warmup_ramps_in_the_safe_order(instrument):
+def test_warmup_ramps_in_the_safe_order(RE, instrument):
     from acquisition.plans import tube_warmup
 
     instrument.tube.kv.put(20.0)
     instrument.tube.ma.put(10.0)
     changes = []
-    engine = RunEngine({})
-    engine.msg_hook = lambda msg: changes.append((msg.obj.name, msg.args[0])) if msg.command == "set" else None
-    engine(tube_warmup(instrument, kv=40.0, ma=70.0, steps=2, dwell_s=0.0))
+    RE.msg_hook = lambda msg: changes.append((msg.obj.name, msg.args[0])) if msg.command == "set" else None
+    RE(tube_warmup(instrument, kv=40.0, ma=70.0, steps=2, dwell_s=0.0))
     # shutter closed first and last (finalize), voltage up before current
     assert changes[0] == changes[-1] == ("tube_shutter", 0)
     assert changes[1:-1] == [("tube_kv", 30.0), ("tube_kv", 40.0), ("tube_ma", 40.0), ("tube_ma", 70.0)]
     changes.clear()
-    engine(tube_warmup(instrument, kv=20.0, ma=10.0, steps=1, dwell_s=0.0))
+    RE(tube_warmup(instrument, kv=20.0, ma=10.0, steps=1, dwell_s=0.0))
     assert changes[1:-1] == [("tube_ma", 10.0), ("tube_kv", 20.0)]  # current down before voltage
     assert instrument.tube.shutter.get() == 0
 
 
-def test_progress_counts_every_frame_of_the_plan(instrument):
+def test_progress_counts_every_frame_of_the_plan(RE, instrument):
     import io
 
     from acquisition.progress import PlanProgress
 
     out = io.StringIO()
-    engine = RunEngine({})
-    engine.subscribe(PlanProgress(file=out))
-    engine(darkfield_projection(instrument, dark_frames=2, steps=4, exposure_s=1.0, reference_exposure_s=1.0,
+    RE.subscribe(PlanProgress(file=out))
+    RE(darkfield_projection(instrument, dark_frames=2, steps=4, exposure_s=1.0, reference_exposure_s=1.0,
                                 sample="s1"))
     text = out.getvalue()
     assert "darkfield_projection s1" in text and "10/10" in text and "success" in text
@@ -180,13 +177,13 @@ def drifting_instrument(tmp_path, drift_rad_per_s):
     return simulated_instrument(config, write_path=tmp_path / f"raw{drift_rad_per_s}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("drift, references", [(0.0, 1), (0.05, 4)])
-def test_mosaic_refreshes_the_reference_when_the_fringes_drift(tmp_path, drift, references):
+def test_mosaic_refreshes_the_reference_when_the_fringes_drift(RE, tmp_path, drift, references):
     instrument = drifting_instrument(tmp_path, drift)
-    engine = RunEngine({})
-    documents = collect(engine)
+    documents = collect(RE)
     # each tile takes 3 x 1 s + a 3 s probe: 0.05 rad/s drifts 0.3 rad between probes
-    engine(darkfield_mosaic(instrument, rows=2, columns=2, overlap=0.1, steps=3, dark_frames=1,
+    RE(darkfield_mosaic(instrument, rows=2, columns=2, overlap=0.1, steps=3, dark_frames=1,
                             exposure_s=1.0, max_phase_drift_rad=0.2))
     events = events_by_stream(documents)
     assert len(events["reference"]) == references * 3

@@ -3,11 +3,10 @@
 import h5py
 import numpy as np
 import pytest
-from bluesky import RunEngine
 
 from acquisition.instrument import simulated_instrument
 from acquisition.plans import PlanArgumentError, darkfield_projection
-from conftest import small_config, validated_documents
+from support import small_config, validated_documents
 
 
 @pytest.fixture
@@ -15,10 +14,10 @@ def instrument(tmp_path):
     return simulated_instrument(small_config(), write_path=tmp_path / "raw")
 
 
-def test_projection_takes_darks_reference_and_sample_sets(instrument):
-    engine = RunEngine({})
-    documents = validated_documents(engine)
-    engine(darkfield_projection(instrument, dark_frames=2, sample="biopsy-17", operator="lb"))
+@pytest.mark.slow
+def test_projection_takes_darks_reference_and_sample_sets(RE, instrument):
+    documents = validated_documents(RE)
+    RE(darkfield_projection(instrument, dark_frames=2, sample="biopsy-17", operator="lb"))
 
     start = next(doc for name, doc in documents if name == "start")
     assert start["sample"] == {"id": "biopsy-17"} and start["operator"] == "lb"
@@ -50,8 +49,7 @@ def test_projection_takes_darks_reference_and_sample_sets(instrument):
     assert reference.min() > 20 * dark  # beam on in the stepping sets, off for the darks
 
 
-def test_shutter_ends_closed_when_the_scan_fails(instrument):
-    engine = RunEngine({})
+def test_shutter_ends_closed_when_the_scan_fails(RE, instrument):
     seen = []
 
     def fail_during_reference(name, doc):
@@ -59,9 +57,9 @@ def test_shutter_ends_closed_when_the_scan_fails(instrument):
         if seen.count("event") == 4:
             raise RuntimeError("detector cable pulled")
 
-    engine.subscribe(fail_during_reference)
+    RE.subscribe(fail_during_reference)
     with pytest.raises(RuntimeError, match="cable pulled"):
-        engine(darkfield_projection(instrument, dark_frames=1))
+        RE(darkfield_projection(instrument, dark_frames=1))
     assert instrument.tube.shutter.get() == 0
 
 

@@ -7,8 +7,7 @@ import json
 import h5py
 import numpy as np
 import pytest
-from bluesky import RunEngine
-from conftest import small_config
+from support import small_config, run_engine
 from event_model import DocumentNames, schema_validators
 
 from acquisition.demo import format_report, run_demo
@@ -23,7 +22,8 @@ from simulators.physics import Phantom, TissueSlab
 from specimens import class_cluster
 
 
-def test_processor_classifies_a_cluster_and_publishes_valid_documents(tmp_path):
+@pytest.mark.slow
+def test_processor_classifies_a_cluster_and_publishes_valid_documents(RE, tmp_path):
     phantom = Phantom(slab=TissueSlab(), clusters=(class_cluster("coarse", (0.0, 0.0), seed=3),))
     instrument = simulated_instrument(small_config(rows=96, cols=96), write_path=tmp_path / "raw",
                                       phantom=phantom)
@@ -34,10 +34,9 @@ def test_processor_classifies_a_cluster_and_publishes_valid_documents(tmp_path):
         derived.append((name, doc))
 
     collector = DerivedCollector()
-    engine = RunEngine({})
     processor = darkfield_router(out_dir=tmp_path, publish=lambda n, d: (publish(n, d), collector(n, d)))
-    engine.subscribe(processor)
-    (raw_uid,) = engine(darkfield_projection(instrument, dark_frames=2))
+    RE.subscribe(processor)
+    (raw_uid,) = RE(darkfield_projection(instrument, dark_frames=2))
     processor.wait()
 
     names = [name for name, _ in derived]
@@ -56,7 +55,8 @@ def test_processor_classifies_a_cluster_and_publishes_valid_documents(tmp_path):
         assert list(f["entry/clusters/texture"].asstr()[()]) == ["coarse"]
 
 
-def test_processor_failure_is_reported_not_raised(tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_processor_failure_is_reported_not_raised(RE, tmp_path, monkeypatch):
     import acquisition.processing.analysis as projection
 
     def broken(*args, **kwargs):
@@ -65,15 +65,15 @@ def test_processor_failure_is_reported_not_raised(tmp_path, monkeypatch):
     monkeypatch.setattr(projection, "retrieve", broken)
     instrument = simulated_instrument(small_config(rows=48, cols=48), write_path=tmp_path / "raw")
     collector = DerivedCollector()
-    engine = RunEngine({})
     processor = darkfield_router(out_dir=tmp_path, publish=collector)
-    engine.subscribe(processor)
-    engine(darkfield_projection(instrument, dark_frames=1))  # the scan itself succeeds
+    RE.subscribe(processor)
+    RE(darkfield_projection(instrument, dark_frames=1))  # the scan itself succeeds
     processor.wait()
     assert [s["exit_status"] for s in collector.stops] == ["fail"]
     assert "reference is all zero" in collector.stops[0]["reason"]
 
 
+@pytest.mark.slow
 def test_demo_scores_both_specimens_against_their_truth(tmp_path):
     """The demo measures the paraffin block and a 45 mm breast and scores every true
     cluster: each is matched or listed as missed, every detection is matched or listed as
@@ -106,7 +106,7 @@ def test_demo_scores_both_specimens_against_their_truth(tmp_path):
     assert list((tmp_path / "raw").glob("*.h5"))
 
 
-def test_the_runengine_does_not_wait_for_the_processor(tmp_path, monkeypatch):
+def test_the_runengine_does_not_wait_for_the_processor(RE, tmp_path, monkeypatch):
     import threading
 
     import acquisition.processing.analysis as projection
@@ -122,16 +122,15 @@ def test_the_runengine_does_not_wait_for_the_processor(tmp_path, monkeypatch):
     instrument = simulated_instrument(small_config(rows=48, cols=48), write_path=tmp_path / "raw")
     collector = DerivedCollector()
     processor = darkfield_router(out_dir=tmp_path, publish=collector)
-    engine = RunEngine({})
-    engine.subscribe(processor)
-    engine(darkfield_projection(instrument, dark_frames=1, steps=3, exposure_s=1.0))
+    RE.subscribe(processor)
+    RE(darkfield_projection(instrument, dark_frames=1, steps=3, exposure_s=1.0))
     assert collector.stops == []  # the scan finished while processing still waits
     release.set()
     processor.wait()
     assert [s["exit_status"] for s in collector.stops] == ["success"]
 
 
-def test_each_mosaic_tile_is_processed_then_the_mosaic_is_stitched_and_classified(tmp_path):
+def test_each_mosaic_tile_is_processed_then_the_mosaic_is_stitched_and_classified(RE, tmp_path):
     from acquisition.plans import darkfield_mosaic
 
     phantom = Phantom(slab=TissueSlab(), clusters=(class_cluster("coarse", (0.0, 0.0), seed=3),))
@@ -146,9 +145,8 @@ def test_each_mosaic_tile_is_processed_then_the_mosaic_is_stitched_and_classifie
             starts.append(doc)
 
     processor = darkfield_router(out_dir=tmp_path, publish=publish)
-    engine = RunEngine({})
-    engine.subscribe(processor)
-    engine(darkfield_mosaic(instrument, rows=1, columns=2, overlap=0.0, steps=3, dark_frames=1,
+    RE.subscribe(processor)
+    RE(darkfield_mosaic(instrument, rows=1, columns=2, overlap=0.0, steps=3, dark_frames=1,
                             exposure_s=1.0, reference_every=1))
     processor.wait()
     assert [s["tile"]["tile"] for s in starts[:2]] == [0, 1]
@@ -166,11 +164,11 @@ def _projection_documents(tmp_path, **plan):
     """A projection on the twins (64 x 64), run with only a collector: its documents."""
     instrument = simulated_instrument(small_config(rows=64, cols=64), write_path=tmp_path / "raw")
     documents = []
-    engine = RunEngine({})
-    engine.subscribe(lambda name, doc: documents.append((name, copy.deepcopy(doc))))
-    engine(darkfield_projection(instrument, **{"steps": 3, "dark_frames": 2, "exposure_s": 1.0,
-                                               "reference_exposure_s": 1.0, **plan}))
-    return documents
+    with run_engine() as engine:
+        engine.subscribe(lambda name, doc: documents.append((name, copy.deepcopy(doc))))
+        engine(darkfield_projection(instrument, **{"steps": 3, "dark_frames": 2, "exposure_s": 1.0,
+                                                   "reference_exposure_s": 1.0, **plan}))
+        return documents
 
 
 def _process(documents, out):
@@ -189,7 +187,7 @@ def _streams(documents):
     return {doc["uid"]: doc["name"] for name, doc in documents if name == "descriptor"}
 
 
-def test_a_frame_file_removed_mid_run_fails_the_derived_run_not_the_scan(tmp_path):
+def test_a_frame_file_removed_mid_run_fails_the_derived_run_not_the_scan(RE, tmp_path):
     instrument = simulated_instrument(small_config(rows=48, cols=48), write_path=tmp_path / "raw")
     streams, removed = {}, []
 
@@ -202,13 +200,12 @@ def test_a_frame_file_removed_mid_run_fails_the_derived_run_not_the_scan(tmp_pat
             removed.append(path)
 
     collector = DerivedCollector()
-    engine = RunEngine({})
-    engine.subscribe(remove_frames)
+    RE.subscribe(remove_frames)
     processor = darkfield_router(out_dir=tmp_path, publish=collector)
-    engine.subscribe(processor)
+    RE.subscribe(processor)
     stops = []
-    engine.subscribe(lambda name, doc: stops.append(doc) if name == "stop" else None)
-    engine(darkfield_projection(instrument, steps=3, dark_frames=1, exposure_s=1.0))
+    RE.subscribe(lambda name, doc: stops.append(doc) if name == "stop" else None)
+    RE(darkfield_projection(instrument, steps=3, dark_frames=1, exposure_s=1.0))
     processor.wait()
     assert [s["exit_status"] for s in stops] == ["success"]  # the scan went on
     assert [s["exit_status"] for s in collector.stops] == ["fail"]

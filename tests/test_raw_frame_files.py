@@ -9,8 +9,7 @@ import subprocess
 import h5py
 import numpy as np
 import pytest
-from bluesky import RunEngine
-from conftest import small_config
+from support import small_config, run_engine
 from ioc_fixture import wait_for
 
 from acquisition.config import ConfigError, load_config
@@ -22,7 +21,6 @@ from simulators.shared.frame_file import (COMPRESSIONS, EPICS_EPOCH_OFFSET_S, ap
 from simulators.physics import detector_shape, simulate_frame
 from simulators.shared.world import READBACK_TYPES
 
-pytest_plugins = ["ioc_fixture"]  # the session fixture ``ioc``
 PV_ATTRIBUTES = {"G2Position": "g2", "StageX": "stage_x", "StageY": "stage_y",
                  "TubeKV": "tube_kv", "TubeMA": "tube_ma", "ShutterOpen": "tube_shutter",
                  "HighVoltageOn": "tube_hv_on"}
@@ -51,13 +49,13 @@ def layout(path) -> dict:
 
 
 def record(instrument, **plan):
-    engine = RunEngine({})
-    documents = []
-    engine(darkfield_projection(instrument, steps=3, dark_frames=1, exposure_s=9.0,
-                                sample={"id": "RAW-1"}, **plan),
-           lambda name, doc: documents.append((name, doc)))
-    (resource,) = [doc for name, doc in documents if name == "resource"]
-    return "/" + resource["resource_path"].lstrip("/"), documents
+    with run_engine() as engine:
+        documents = []
+        engine(darkfield_projection(instrument, steps=3, dark_frames=1, exposure_s=9.0,
+                                    sample={"id": "RAW-1"}, **plan),
+               lambda name, doc: documents.append((name, doc)))
+        (resource,) = [doc for name, doc in documents if name == "resource"]
+        return "/" + resource["resource_path"].lstrip("/"), documents
 
 
 def frame_events(documents) -> list[tuple[int, dict]]:
@@ -103,6 +101,7 @@ def check_frame_file(path, documents) -> None:
     assert errors == 0
 
 
+@pytest.mark.slow
 def test_in_process_twin_writes_adcore_layout_with_the_readbacks_per_frame(tmp_path):
     config = with_compression(small_config(32, 48), "zlib")
     path, documents = record(simulated_instrument(config, write_path=tmp_path))
@@ -118,6 +117,7 @@ def test_in_process_twin_writes_adcore_layout_with_the_readbacks_per_frame(tmp_p
     assert re.search(r"^ERROR\s+0\s", done.stdout, re.MULTILINE), done.stdout[-2000:]
 
 
+@pytest.mark.slow
 def test_ca_twin_writes_the_same_layout_through_the_epics_device(ioc, tmp_path):
     """The EPICS device sets Compression (BSLZ4) and NDAttributesFile at stage; the IOC
     writes what the in-process twin writes, value for value where they share a readback."""
@@ -169,6 +169,7 @@ def test_compressed_frames_read_back_bit_identical_by_every_reader(tmp_path, com
         assert np.array_equal(f["/entry/instrument/detector/data"][()], np.stack(frames))
 
 
+@pytest.mark.slow
 def test_offline_reconstruction_reads_a_bslz4_run(tmp_path):
     """A compressed run reconstructs offline to what the live processor found."""
     from acquisition.processing.offline import reconstruct_run

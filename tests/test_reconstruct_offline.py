@@ -4,13 +4,12 @@ import json
 import os
 
 import pytest
-from bluesky import RunEngine
 
 from acquisition.cli import main
 from acquisition.instrument import simulated_instrument
 from acquisition.processing.offline import reconstruct_run
 from acquisition.storage.run_record import RunRecordError, read_run_record, run_recorder
-from conftest import small_config
+from support import small_config
 from recorded_runs import record_pleomorphic_run
 from simulators.physics import Phantom, TissueSlab
 from specimens import class_cluster
@@ -50,7 +49,7 @@ def test_cli_names_broken_inputs_and_keeps_going(recorded_run, tmp_path, capsys)
         read_run_record(tmp_path / "missing.nxs")
 
 
-def test_a_recorded_mosaic_is_stitched_and_classified(tmp_path):
+def test_a_recorded_mosaic_is_stitched_and_classified(RE, tmp_path):
     import h5py
 
     from acquisition.plans import darkfield_mosaic
@@ -58,9 +57,8 @@ def test_a_recorded_mosaic_is_stitched_and_classified(tmp_path):
     phantom = Phantom(TissueSlab(), (class_cluster("coarse", (0.0, 0.0), seed=5),))
     instrument = simulated_instrument(small_config(rows=64, cols=64), write_path=tmp_path / "raw",
                                       phantom=phantom)
-    engine = RunEngine({})
-    engine.subscribe(run_recorder(tmp_path))
-    (uid,) = engine(darkfield_mosaic(instrument, rows=1, columns=2, overlap=0.25, steps=3,
+    RE.subscribe(run_recorder(tmp_path))
+    (uid,) = RE(darkfield_mosaic(instrument, rows=1, columns=2, overlap=0.25, steps=3,
                                      dark_frames=1, exposure_s=1.0))
     rows = reconstruct_run(tmp_path / f"run_{uid[:8]}.nxs", tmp_path / "offline")
     with h5py.File(tmp_path / "offline" / f"derived_{uid[:8]}.h5", "r") as f:

@@ -11,7 +11,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from reconstruction import analyse_clusters, retrieve
+from reconstruction import analyse_clusters, retrieve, segmentation_kernels
 from reconstruction.background import (
     _finite_count_and_median,
     local_excess,
@@ -116,12 +116,16 @@ def _peak_bytes(function, *args, **kwargs) -> int:
         tracemalloc.stop()
 
 
-def test_the_banded_classification_peak_is_a_fraction_of_the_whole_images(engine_image):
+def test_the_banded_classification_peak_is_a_fraction_of_the_whole_images(engine_image, monkeypatch):
     transmission, dark_field = (np.tile(image, (2, 2)) for image in engine_image)  # 1400 x 1800
     pixels = transmission.size
     whole = _peak_bytes(calcified_mask, transmission, dark_field, band_rows=transmission.shape[0])
     banded = _peak_bytes(calcified_mask, transmission, dark_field, band_rows=128)
     mask = calcified_mask(transmission, dark_field)
+    if segmentation_kernels.enabled():  # the compiled closing: 3 bytes/px, no bands
+        compiled = _peak_bytes(label_clusters, mask)
+        assert compiled < 5 * pixels + 40 * (128 + 2 * 83) * transmission.shape[1], compiled / pixels
+    monkeypatch.setenv("TALBOT_LAU_KERNEL", "numpy")  # the distance-transform closing, in bands
     label_whole = _peak_bytes(label_clusters, mask, band_rows=transmission.shape[0])
     label_banded = _peak_bytes(label_clusters, mask, band_rows=128)
     band = (128 + 2 * 83) * transmission.shape[1]  # a band and its halos (background_px 81)

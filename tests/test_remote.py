@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from bluesky import RunEngine
+import pytest
 
 from acquisition.processing.derived_collector import DerivedCollector
 from acquisition.instrument import simulated_instrument
@@ -13,7 +13,7 @@ from acquisition.monitor import MonitorWindow
 from acquisition.plans import darkfield_projection
 from acquisition.processing.live import darkfield_router
 from acquisition.processing.remote import by_origin, parse_address, publisher, start_dispatcher
-from conftest import small_config
+from support import small_config, run_engine
 from simulators.physics import Phantom, TissueSlab
 from specimens import class_cluster
 
@@ -29,7 +29,7 @@ def start_proxy(request) -> tuple[int, int]:
     in_port, out_port = free_port(), free_port()
     proxy = subprocess.Popen([sys.executable, "-m", "acquisition.cli", "proxy", "--in-port", str(in_port),
                               "--out-port", str(out_port)])
-    request.addfinalizer(proxy.kill)
+    request.addfinalizer(lambda: (proxy.kill(), proxy.wait()))
     for port in (in_port, out_port):  # wait until the proxy listens
         deadline = time.monotonic() + 20
         while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
@@ -42,15 +42,16 @@ def run_projection(request, tmp_path, in_port, texture):
     phantom = Phantom(TissueSlab(), (class_cluster(texture, (0.0, 0.0), seed=3),))
     instrument = simulated_instrument(small_config(rows=96, cols=96), write_path=tmp_path / "raw",
                                       phantom=phantom)
-    engine = RunEngine({})
-    publish = publisher(("127.0.0.1", in_port))  # msgpack
-    request.addfinalizer(publish.close)
-    engine.subscribe(publish)
-    time.sleep(0.5)  # 0MQ subscribers and the publisher need a moment to connect
-    return engine(darkfield_projection(instrument, dark_frames=1, steps=5, exposure_s=1.0,
-                                       reference_exposure_s=1.0))
+    with run_engine() as engine:
+        publish = publisher(("127.0.0.1", in_port))  # msgpack
+        request.addfinalizer(publish.close)
+        engine.subscribe(publish)
+        time.sleep(0.5)  # 0MQ subscribers and the publisher need a moment to connect
+        return engine(darkfield_projection(instrument, dark_frames=1, steps=5, exposure_s=1.0,
+                                           reference_exposure_s=1.0))
 
 
+@pytest.mark.slow
 def test_monitor_and_processor_behind_the_proxy(qtbot, tmp_path, request):
     in_port, out_port = start_proxy(request)
     window = MonitorWindow()
@@ -70,13 +71,14 @@ def test_monitor_and_processor_behind_the_proxy(qtbot, tmp_path, request):
     stop()
 
 
+@pytest.mark.slow
 def test_processor_in_another_process_publishes_derived_runs_back(qtbot, tmp_path, request):
     """``talbot-lau processor --publish``: its derived runs reach the monitor through the proxy."""
     in_port, out_port = start_proxy(request)
     processor = subprocess.Popen([sys.executable, "-m", "acquisition.cli", "processor",
                                   "--zmq", f"127.0.0.1:{out_port}", "--publish", f"127.0.0.1:{in_port}",
                                   "--out", str(tmp_path / "derived")], stdout=subprocess.PIPE, text=True)
-    request.addfinalizer(processor.kill)
+    request.addfinalizer(lambda: (processor.kill(), processor.wait(), processor.stdout.close()))
     assert "processing documents" in processor.stdout.readline()
     window = MonitorWindow()
     qtbot.addWidget(window)

@@ -13,7 +13,7 @@ import bluesky.plans as bp
 import h5py
 import numpy as np
 import pytest
-from conftest import small_config
+from support import small_config
 
 from acquisition.storage.catalogue import (BackgroundCatalogue, CatalogueNotReady, catalogue_writer, find_runs, last_run,
                                   open_catalogue)
@@ -22,6 +22,7 @@ from acquisition.plans import PlanArgumentError, alignment_report
 from acquisition.session import session_namespace
 
 
+@pytest.mark.slow
 def test_session_runs_a_plan_through_ipython_and_the_magics(tmp_path):
     lines = "\n".join([
         "%mov g2 1.6",
@@ -119,6 +120,7 @@ def ns(tmp_path_factory):
             os.environ["TALBOT_LAU_STATE"] = saved
 
 
+@pytest.mark.slow
 def test_the_catalogue_opens_in_the_background_and_is_used_as_the_client(ns):
     catalogue = ns["catalogue"]
     assert isinstance(catalogue, BackgroundCatalogue)
@@ -139,6 +141,7 @@ def test_a_catalogue_that_cannot_open_fails_its_users_not_the_writer(tmp_path, c
     catalogue.close(1)
 
 
+@pytest.mark.slow
 def test_string_sample_metadata_runs_and_is_found(ns):
     """Stock bluesky's ``RE(plan, sample='S-1')``: no AttributeError anywhere (progress bar,
     table, recorder, catalogue), and find_runs finds it next to a run with a sample dict."""
@@ -172,6 +175,7 @@ def test_bec_finds_the_peaks_of_a_g2_scan_without_a_display(ns, monkeypatch):
     assert bec._plots_enabled is False
 
 
+@pytest.mark.slow
 def test_last_run_and_derived_rows_carry_their_run_and_sample(ns):
     engine = ns["RE"]
     (uid,) = engine(ns["darkfield_projection"](ns["instrument"], steps=3, dark_frames=1,
@@ -190,6 +194,7 @@ def test_last_run_and_derived_rows_carry_their_run_and_sample(ns):
         catalogue[-1]  # why last_run exists
 
 
+@pytest.mark.slow
 def test_use_working_point_moves_the_next_plans_start_and_records_it(ns):
     """An alignment scan, its report, one call: the next projection steps G2 from the working
     point (its reference fringes then have zero mean phase), and says so in its start document."""
@@ -225,18 +230,16 @@ def test_use_working_point_moves_the_next_plans_start_and_records_it(ns):
         instrument.config, instrument.working_point = original, None
 
 
-def test_the_monitor_shows_a_run_whose_sample_is_a_string(qtbot, tmp_path, caplog):
-    from bluesky import RunEngine
-
+@pytest.mark.slow
+def test_the_monitor_shows_a_run_whose_sample_is_a_string(RE, qtbot, tmp_path, caplog):
     from acquisition.monitor import MonitorWindow
     from acquisition.plans import darkfield_projection
 
     window = MonitorWindow()
     qtbot.addWidget(window)
     instrument = simulated_instrument(small_config(rows=32, cols=48), write_path=tmp_path / "raw")
-    engine = RunEngine({})
-    engine.subscribe(window.raw_callback)
-    engine(darkfield_projection(instrument, steps=3, dark_frames=1, exposure_s=1.0), sample="S-7")
+    RE.subscribe(window.raw_callback)
+    RE(darkfield_projection(instrument, steps=3, dark_frames=1, exposure_s=1.0), sample="S-7")
     qtbot.wait(50)
     assert "not shown" not in caplog.text
     assert "darkfield_projection S-7" in window.status.text()
@@ -248,6 +251,7 @@ EXITS = {"exit": "exit\n", "quit": "quit\n", "ctrl-d": ""}  # "" : end of input,
 FIRST_CELL_S = []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("way", list(EXITS))
 def test_each_way_out_ends_with_0_after_everything_is_written(tmp_path, way):
     """``talbot-lau session --sim`` driven through stdin (IPython's simple prompt), ended by

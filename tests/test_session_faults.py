@@ -11,8 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from bluesky import RunEngine
-from conftest import small_config
+from support import small_config, run_engine
 
 from acquisition.storage.catalogue import catalogue_writer, open_catalogue
 from acquisition.storage.frames import HANDLERS
@@ -129,35 +128,36 @@ def _sample_frames_equal_the_files(client, uid, documents):
     return events
 
 
+@pytest.mark.slow
 def test_the_catalogue_keeps_every_frame_of_a_resumed_run(tmp_path):
     instrument = simulated_instrument(small_config(rows=32, cols=32, time_scale=0.02),
                                       write_path=tmp_path / "raw")
     client = open_catalogue(tmp_path / "catalogue", readable=[tmp_path / "raw"])
     try:
-        engine = RunEngine({})
-        engine.record_interruptions = True
-        documents = Documents()
-        engine.subscribe(documents)
-        engine.subscribe(catalogue_writer(client))
-        cfg = instrument.config.instrument
-        for suspender in source_suspenders(instrument.tube, kv=cfg.tube.kv, ma=cfg.tube.ma, sleep_s=0.05):
-            engine.install_suspender(suspender)
+        with run_engine() as engine:
+            engine.record_interruptions = True
+            documents = Documents()
+            engine.subscribe(documents)
+            engine.subscribe(catalogue_writer(client))
+            cfg = instrument.config.instrument
+            for suspender in source_suspenders(instrument.tube, kv=cfg.tube.kv, ma=cfg.tube.ma, sleep_s=0.05):
+                engine.install_suspender(suspender)
 
-        def trip_in_the_sample_set():  # after its second frame
-            if documents.wait_for(lambda: len(documents.events("primary")) >= 2, 60):
-                instrument.tube.trip_interlock()
-                documents.wait_for(lambda: len(documents.events("interruptions")) >= 1, 10)
-                instrument.tube.clear_interlock()
+            def trip_in_the_sample_set():  # after its second frame
+                if documents.wait_for(lambda: len(documents.events("primary")) >= 2, 60):
+                    instrument.tube.trip_interlock()
+                    documents.wait_for(lambda: len(documents.events("interruptions")) >= 1, 10)
+                    instrument.tube.clear_interlock()
 
-        threading.Thread(target=trip_in_the_sample_set, daemon=True).start()
-        (uid,) = engine(darkfield_projection(instrument, steps=4, dark_frames=1, exposure_s=1.0))
+            threading.Thread(target=trip_in_the_sample_set, daemon=True).start()
+            (uid,) = engine(darkfield_projection(instrument, steps=4, dark_frames=1, exposure_s=1.0))
 
-        run = client[uid]
-        assert run.metadata["stop"]["exit_status"] == "success"
-        events = _sample_frames_equal_the_files(client, uid, documents)
-        seq_nums = [e["seq_num"] for e in events]
-        assert len(events) > 4 and seq_nums[-4:] == [1, 2, 3, 4]  # the repeated set, after the interrupted one
-        assert seq_nums[:2] == [1, 2]
+            run = client[uid]
+            assert run.metadata["stop"]["exit_status"] == "success"
+            events = _sample_frames_equal_the_files(client, uid, documents)
+            seq_nums = [e["seq_num"] for e in events]
+            assert len(events) > 4 and seq_nums[-4:] == [1, 2, 3, 4]  # the repeated set, after the interrupted one
+            assert seq_nums[:2] == [1, 2]
     finally:
         client.context.close()
 
@@ -167,6 +167,7 @@ def state(tmp_path, monkeypatch):
     monkeypatch.setenv("TALBOT_LAU_STATE", str(tmp_path / "state"))
 
 
+@pytest.mark.slow
 def test_twenty_interlock_trips_in_the_full_session_are_all_answered(tmp_path, state):
     """Every subscriber of ``talbot-lau session`` (table, progress, run recorder, catalogue,
     processor) is subscribed while the interlock opens 20 times during a projection's
@@ -238,12 +239,12 @@ def _fill(directory):
 
 def _record_a_projection(tmp_path, out):
     instrument = simulated_instrument(small_config(rows=32, cols=32), write_path=tmp_path / "raw")
-    engine = RunEngine({})
-    engine.subscribe(run_recorder(out))
-    stops = []
-    engine.subscribe(lambda name, doc: stops.append(doc) if name == "stop" else None)
-    (uid,) = engine(darkfield_projection(instrument, steps=3, dark_frames=1))
-    return uid, stops
+    with run_engine() as engine:
+        engine.subscribe(run_recorder(out))
+        stops = []
+        engine.subscribe(lambda name, doc: stops.append(doc) if name == "stop" else None)
+        (uid,) = engine(darkfield_projection(instrument, steps=3, dark_frames=1))
+        return uid, stops
 
 
 @pytest.mark.parametrize("where", ["hdf5", "disk"])
@@ -276,6 +277,7 @@ print("RUN", stops[0]["exit_status"], uid[:8])
 """
 
 
+@pytest.mark.slow
 def test_a_full_tmpfs_under_the_recorder_ends_cleanly(tmp_path):
     """A real full file system (a 1 MB tmpfs, where mounting is permitted), in a process of
     its own so that its exit is checked too."""

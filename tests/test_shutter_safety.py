@@ -7,7 +7,6 @@ import time
 import bluesky.plan_stubs as bps
 import numpy as np
 import pytest
-from bluesky import RunEngine
 from bluesky.utils import RunEngineInterrupted
 
 from acquisition.dose import dose_rate_mgy_per_s
@@ -15,7 +14,7 @@ from acquisition.instrument import simulated_instrument
 from acquisition.plans import darkfield_projection, source_suspenders
 from acquisition.plans.checks import SetRejected, frame_problem
 from acquisition.plans.settings import stepping_settings
-from conftest import small_config, validated_documents
+from support import small_config, validated_documents
 from simulators.shared.generator import ExposureTimer
 
 
@@ -46,27 +45,27 @@ def stop_when_open(engine, tube, action, frames_open=2):
     return thread
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("way_out", ["pause", "halt", "abort", "stop", "resume"])
-def test_every_interruption_closes_the_shutter(tmp_path, way_out):
+def test_every_interruption_closes_the_shutter(RE, tmp_path, way_out):
     """Ctrl-C twice (a hard pause) mid-set, then what the operator types next."""
     instrument = make_instrument(tmp_path, time_scale=0.02)
     tube = instrument.tube
-    engine = RunEngine({})
-    documents = validated_documents(engine)
-    thread = stop_when_open(engine, tube, lambda e: e.request_pause(defer=False))
+    documents = validated_documents(RE)
+    thread = stop_when_open(RE, tube, lambda e: e.request_pause(defer=False))
     with pytest.raises(RunEngineInterrupted):
-        engine(darkfield_projection(instrument, steps=5, exposure_s=2.0, dark_frames=0))
+        RE(darkfield_projection(instrument, steps=5, exposure_s=2.0, dark_frames=0))
     thread.join()
-    assert engine.state == "paused"
+    assert RE.state == "paused"
     assert tube.shutter.get() == 0, "paused with the shutter open"
     if way_out == "pause":
-        engine.abort("test")
+        RE.abort("test")
     elif way_out == "resume":
-        engine.resume()
+        RE.resume()
         assert documents[-1][1]["exit_status"] == "success"
     else:
-        getattr(engine, way_out)()
-    assert engine.state == "idle"
+        getattr(RE, way_out)()
+    assert RE.state == "idle"
     assert tube.shutter.get() == 0
     assert documents[-1][0] == "stop"
 
@@ -128,13 +127,12 @@ def test_frame_problem_names_what_is_wrong(tmp_path):
     assert "dark" in frame_problem(good, "tube", **dark)
 
 
-def test_a_frame_without_beam_repeats_the_set_and_the_run_is_whole(tmp_path):
+def test_a_frame_without_beam_repeats_the_set_and_the_run_is_whole(RE, tmp_path):
     """The shutter closes by itself during the sample set once (no suspender installed):
     the set is repeated, the run ends success, every sample frame kept saw the beam."""
     instrument = make_instrument(tmp_path)
     tube = instrument.tube
-    engine = RunEngine({})
-    documents = validated_documents(engine)
+    documents = validated_documents(RE)
     closed_once = []
 
     def close_during_sample(name, doc):
@@ -144,8 +142,8 @@ def test_a_frame_without_beam_repeats_the_set_and_the_run_is_whole(tmp_path):
                 closed_once.append(doc["seq_num"])
                 tube.shutter.put(0, force=True)  # a shutter that fell closed (no interlock)
 
-    engine.subscribe(close_during_sample)
-    engine(darkfield_projection(instrument, steps=3, exposure_s=1.0, dark_frames=1))
+    RE.subscribe(close_during_sample)
+    RE(darkfield_projection(instrument, steps=3, exposure_s=1.0, dark_frames=1))
     assert closed_once
     stop = documents[-1][1]
     assert stop["exit_status"] == "success"
@@ -155,31 +153,29 @@ def test_a_frame_without_beam_repeats_the_set_and_the_run_is_whole(tmp_path):
     assert tube.shutter.get() == 0
 
 
-def test_no_beam_twice_fails_the_run_with_the_reason(tmp_path):
+def test_no_beam_twice_fails_the_run_with_the_reason(RE, tmp_path):
     instrument = make_instrument(tmp_path)
     tube = instrument.tube
-    engine = RunEngine({})
-    documents = validated_documents(engine)
+    documents = validated_documents(RE)
 
     def refuse(name, doc):
         if name == "event" and tube.shutter.get():
             tube.shutter.put(0, force=True)
 
-    engine.subscribe(refuse)
+    RE.subscribe(refuse)
     with pytest.raises(SetRejected, match="reference set .* rejected 2 times.*shutter closed"):
-        engine(darkfield_projection(instrument, steps=3, exposure_s=1.0, dark_frames=0))
+        RE(darkfield_projection(instrument, steps=3, exposure_s=1.0, dark_frames=0))
     stop = documents[-1][1]
     assert stop["exit_status"] == "fail" and "shutter closed" in stop["reason"]
     assert tube.shutter.get() == 0
 
 
-def test_detector_settings_lost_mid_run_are_reapplied(tmp_path):
+def test_detector_settings_lost_mid_run_are_reapplied(RE, tmp_path):
     """An IOC restart resets AcquireTime to its default (9 s): the frame is rejected, the
     settings re-applied and the set repeated; no frame is kept at the wrong exposure."""
     instrument = make_instrument(tmp_path)
     cam = instrument.detector.cam
-    engine = RunEngine({})
-    documents = validated_documents(engine)
+    documents = validated_documents(RE)
     reset = []
 
     def restart(name, doc):
@@ -189,19 +185,18 @@ def test_detector_settings_lost_mid_run_are_reapplied(tmp_path):
                 reset.append(1)
                 cam.acquire_time.put(9.0)
 
-    engine.subscribe(restart)
-    engine(darkfield_projection(instrument, steps=3, exposure_s=1.0, dark_frames=1))
+    RE.subscribe(restart)
+    RE(darkfield_projection(instrument, steps=3, exposure_s=1.0, dark_frames=1))
     assert reset and documents[-1][1]["exit_status"] == "success"
     assert cam.acquire_time.get() == pytest.approx(1.0)
 
 
-def test_a_failed_frame_write_fails_the_run_and_closes_the_shutter(tmp_path):
+def test_a_failed_frame_write_fails_the_run_and_closes_the_shutter(RE, tmp_path):
     """Disk full in the detector's file: the set is tried again, then the run fails naming
     the cause; the shutter closes first."""
     instrument = make_instrument(tmp_path)
     detector = instrument.detector
-    engine = RunEngine({})
-    documents = validated_documents(engine)
+    documents = validated_documents(RE)
     calls = []
 
     def full(frame, *when):
@@ -213,22 +208,22 @@ def test_a_failed_frame_write_fails_the_run_and_closes_the_shutter(tmp_path):
     original = detector._append
     detector._append = full
     with pytest.raises(SetRejected, match="rejected 2 times.*No space left on device"):
-        engine(darkfield_projection(instrument, steps=3, exposure_s=1.0, dark_frames=1))
+        RE(darkfield_projection(instrument, steps=3, exposure_s=1.0, dark_frames=1))
     stop = documents[-1][1]
     assert stop["exit_status"] == "fail" and "No space left" in stop["reason"]
     assert instrument.tube.shutter.get() == 0
 
 
-def test_dose_counts_every_sample_frame_exposed_rewinds_included(tmp_path):
+@pytest.mark.slow
+def test_dose_counts_every_sample_frame_exposed_rewinds_included(RE, tmp_path):
     """An interlock trip mid sample set suspends; the set repeats.  The recorded dose is the
     dose of every sample event with the shutter open, repeats included."""
     instrument = make_instrument(tmp_path, time_scale=0.01)
     tube = instrument.tube
     cfg = instrument.config.instrument
-    engine = RunEngine({})
     for suspender in source_suspenders(tube, kv=cfg.tube.kv, ma=cfg.tube.ma, sleep_s=0.1):
-        engine.install_suspender(suspender)
-    documents = validated_documents(engine)
+        RE.install_suspender(suspender)
+    documents = validated_documents(RE)
     tripped = []
 
     def trip(name, doc):
@@ -239,8 +234,8 @@ def test_dose_counts_every_sample_frame_exposed_rewinds_included(tmp_path):
                 tube.trip_interlock()
                 threading.Timer(0.3, tube.clear_interlock).start()
 
-    engine.subscribe(trip)
-    engine(darkfield_projection(instrument, steps=5, exposure_s=1.0, dark_frames=0))
+    RE.subscribe(trip)
+    RE(darkfield_projection(instrument, steps=5, exposure_s=1.0, dark_frames=0))
     assert tripped and documents[-1][1]["exit_status"] == "success"
     sample = events_of(documents, "primary")
     exposed = [e for e in sample if e["data"]["tube_shutter"]]
@@ -251,13 +246,13 @@ def test_dose_counts_every_sample_frame_exposed_rewinds_included(tmp_path):
     assert tube.shutter.get() == 0
 
 
-def test_a_plan_that_stops_feeding_the_timer_has_its_shutter_closed(tmp_path):
+@pytest.mark.slow
+def test_a_plan_that_stops_feeding_the_timer_has_its_shutter_closed(RE, tmp_path):
     """A plan that opens the shutter and then hangs (here: sleeps) past the exposure timer:
     the generator closes the shutter by itself."""
     instrument = make_instrument(tmp_path)
     tube = instrument.tube
     tube.timer.floor_wall_s = 0.2
-    engine = RunEngine({})
 
     def hung():
         yield from bps.abs_set(tube.heartbeat, 0.1, wait=True)
@@ -265,7 +260,7 @@ def test_a_plan_that_stops_feeding_the_timer_has_its_shutter_closed(tmp_path):
         yield from bps.sleep(1.0)
         return (yield from bps.rd(tube.shutter))
 
-    closed_during_sleep = engine(hung())
+    closed_during_sleep = RE(hung())
     assert tube.shutter.get() == 0 and tube.watchdog_tripped.get() == 1
     assert np.isfinite(tube.timer.expiries) and tube.timer.expiries >= 1
     del closed_during_sleep

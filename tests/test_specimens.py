@@ -3,7 +3,7 @@
 import pytest
 
 from acquisition.study import true_ratios
-from conftest import small_config
+from support import small_config
 from reconstruction.microtexture import TABLE_1
 from simulators.physics import Phantom, TissueSlab
 from specimens import CLASS_BEAD_RADIUS_UM, class_cluster

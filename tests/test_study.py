@@ -25,6 +25,7 @@ def small_study(tmp_path_factory):
     return out, run_study(out, workers=2, progress=False, **SMALL)
 
 
+@pytest.mark.slow
 def test_report_files_schema_and_ranges(small_study):
     out, _ = small_study
     saved = json.loads((out / "report.json").read_text())
@@ -53,6 +54,7 @@ def test_report_files_schema_and_ranges(small_study):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_more_dose_detects_no_fewer_clusters(small_study):
     _, report = small_study
     high, low = report["rows"]
@@ -60,6 +62,7 @@ def test_more_dose_detects_no_fewer_clusters(small_study):
     assert high["detected"] == 1.0  # 72 mGy, the paper's protocol, finds every cluster
 
 
+@pytest.mark.slow
 def test_dask_cluster_gives_the_same_rows(small_study, tmp_path):
     distributed = pytest.importorskip("distributed")
     _, pooled = small_study
@@ -70,6 +73,7 @@ def test_dask_cluster_gives_the_same_rows(small_study, tmp_path):
     assert report["clusters"] == pooled["clusters"]
 
 
+@pytest.mark.slow
 def test_a_task_depends_on_the_seed_not_on_the_other_doses(small_study, tmp_path):
     _, report = small_study
     alone = run_study(tmp_path, workers=1, progress=False, **{**SMALL, "doses": "2.5"})

@@ -10,8 +10,7 @@ import json
 import h5py
 import numpy as np
 import pytest
-from bluesky import RunEngine
-from conftest import small_config
+from support import small_config
 
 from acquisition.calibrate_twin import SHIPPED, instrument_record
 from acquisition.config import ConfigError, default_config_dir, load_config
@@ -265,7 +264,8 @@ def test_the_plan_chooses_a_projection_or_the_smallest_mosaic():
         tissue_calibration(big, phantom=describe, reference_ts=1.2)
 
 
-def test_the_plan_on_the_twin_writes_a_calibration_file(tmp_path):
+@pytest.mark.slow
+def test_the_plan_on_the_twin_writes_a_calibration_file(RE, tmp_path):
     """A small phantom (two steps, two beads) on a small field: plan, live processor
     (uncorrected, and it records so), file."""
     spec = CalibrationPhantomSpec(bead_radii_um=(75.0, 275.0), steps_mm=(5.0, 45.0))
@@ -279,10 +279,9 @@ def test_the_plan_on_the_twin_writes_a_calibration_file(tmp_path):
             derived.append(doc)
 
     processor = darkfield_router(tmp_path, publish=publish, calibration=None)
-    engine = RunEngine({}, call_returns_result=False)
-    engine.subscribe(lambda name, doc: starts.append(doc) if name == "start" else None)
-    engine.subscribe(processor)
-    engine(tissue_calibration(instrument, phantom=spec.describe(), steps=9, exposure_s=9.0))
+    RE.subscribe(lambda name, doc: starts.append(doc) if name == "start" else None)
+    RE.subscribe(processor)
+    RE(tissue_calibration(instrument, phantom=spec.describe(), steps=9, exposure_s=9.0))
     processor.wait(120)
     start = starts[0]
     assert start["tissue_calibration_run"]["phantom"]["tissue"]["steps_mm"] == [5.0, 45.0]
@@ -333,6 +332,7 @@ def _cohort(name: str, seed: int, setup):
     return {c.label: c for c in analyse_clusters(signals.transmission, signals.dark_field, labels)}
 
 
+@pytest.mark.slow
 def test_acceptance_the_same_clusters_land_in_the_same_class_in_paraffin_and_breast():
     """Noise-free, truth labels, the shipped calibration; hydroxyapatite clusters (the beads'
     chemistry; calcium oxalate is the departure named in docs/reconstruction.md).
@@ -372,7 +372,8 @@ def test_acceptance_the_same_clusters_land_in_the_same_class_in_paraffin_and_bre
     assert cut_fixed >= 0.95
 
 
-def test_a_calibration_mosaic_maps_the_stitched_clusters_to_their_beads(tmp_path):
+@pytest.mark.slow
+def test_a_calibration_mosaic_maps_the_stitched_clusters_to_their_beads(RE, tmp_path):
     """A wedge wider than the field: the plan makes a 1 x 2 mosaic; the stitched image's
     clusters are found at their beads' positions."""
     spec = CalibrationPhantomSpec(bead_radii_um=(275.0,), steps_mm=(5.0, 45.0), height_mm=12.0)
@@ -381,10 +382,9 @@ def test_a_calibration_mosaic_maps_the_stitched_clusters_to_their_beads(tmp_path
     assert calibration_layout(instrument, spec.describe()) == (1, 2)
     collector, starts = DerivedCollector(), []
     processor = darkfield_router(tmp_path, publish=collector, calibration=None)
-    engine = RunEngine({}, call_returns_result=False)
-    engine.subscribe(lambda name, doc: starts.append(doc) if name == "start" else None)
-    engine.subscribe(processor)
-    engine(tissue_calibration(instrument, phantom=spec.describe(), steps=5, dark_frames=1))
+    RE.subscribe(lambda name, doc: starts.append(doc) if name == "start" else None)
+    RE.subscribe(processor)
+    RE(tissue_calibration(instrument, phantom=spec.describe(), steps=5, dark_frames=1))
     processor.wait(120)
     start = starts[0]
     assert start["mosaic"]["columns"] == 2 and start["mosaic"]["rows"] == 1

@@ -5,11 +5,10 @@ import time
 import h5py
 import numpy as np
 import pytest
-from bluesky import RunEngine
 from bluesky import plans as bp
 from ophyd.utils import LimitError
 
-from conftest import validated_documents
+from support import validated_documents, run_engine
 from simulators.physics import Detector, Interferometer, Setup
 from simulators.twins import RefusedCommand, build_twins
 
@@ -27,10 +26,10 @@ def twins(tmp_path):
 
 
 def run(plan):
-    engine = RunEngine({})
-    documents = validated_documents(engine)
-    engine(plan)
-    return documents
+    with run_engine() as engine:
+        documents = validated_documents(engine)
+        engine(plan)
+        return documents
 
 
 def test_g2_scan_traces_the_stepping_curve_into_hdf5(twins):

@@ -60,6 +60,7 @@ def test_with_the_models_assumptions_the_wave_optics_is_the_model():
     assert np.all(np.abs(wave.imag) < 1e-6)
 
 
+@pytest.mark.slow
 def test_real_silicon_g1_departs_by_at_most_0_016():
     """xraydb's silicon: G1 absorbs (8 % in intensity at 12 keV, 0.8 % at 27 keV) and its
     phase follows delta(E) within 1 % of 1/E.  The harmonic moves by at most 0.016 (at
@@ -97,6 +98,7 @@ def test_mean_behind_the_gratings_is_g0_g1_g2_mean_transmission():
     assert 0.95 < g1_mean.min() < 0.97
 
 
+@pytest.mark.slow
 def test_spectrum_weighted_visibility_agrees_to_half_a_percent(table):
     """The open-beam visibility the engine forms from the spectrum, with either harmonic."""
     def open_beam():
@@ -111,6 +113,7 @@ def test_spectrum_weighted_visibility_agrees_to_half_a_percent(table):
     assert wave.real * model.real > 0  # one sign convention: the physical one
 
 
+@pytest.mark.slow
 def test_the_thickness_shift_comes_from_the_sign_change_not_from_the_fringe_model(table):
     """R in 45 mm breast over R in 10 mm paraffin, per class (untextured slabs, the same
     12 clusters): the wave-optics harmonic gives the model's ratios within 0.01; without
@@ -129,6 +132,7 @@ def test_the_thickness_shift_comes_from_the_sign_change_not_from_the_fringe_mode
         assert abs(1 - achromatic[texture]) < 0.5 * abs(1 - model[texture])
 
 
+@pytest.mark.slow
 def test_thickness_table_script_prints_every_tissue_and_class():
     out = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True,
                          cwd=ROOT, timeout=300, check=True).stdout

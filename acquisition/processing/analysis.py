@@ -149,11 +149,14 @@ def check_beam(frames: ProjectionFrames, *, reference: bool = True) -> None:
         if kind not in ("dark", "reference_dark") and is_open is False:
             raise NoBeamError(f"no beam in the {frames.describe(kind, key)}: its event says the "
                               "shutter was closed")
+    statistics = {}  # the reference and the sample usually share their darks: measured once
     for kind, stepping, dark_frames in (("reference", frames.reference, frames.reference_darks or frames.darks),
                                         ("sample", frames.sample, frames.darks)):
         if kind == "reference" and (not reference or not stepping and frames.reference_fit is not None):
             continue  # a reused or a stored reference fit: no reference frames
-        dark_level, noise = _dark_statistics(dark_frames)
+        if id(dark_frames) not in statistics:
+            statistics[id(dark_frames)] = _dark_statistics(dark_frames)
+        dark_level, noise = statistics[id(dark_frames)]
         steps = sorted(stepping)
         excess = np.array([float(np.mean(stepping[k][1], dtype=np.float64)) - dark_level for k in steps])
         level = float(np.median(excess))

@@ -41,6 +41,8 @@ from pathlib import Path
 import event_model
 import numpy as np
 
+from reconstruction import segmentation_kernels
+
 from ..config import embedded_calibration
 from ..storage.derived_store import IMAGES, derived_name
 from ..storage.frames import FrameLoader, frame_ref, image_key
@@ -282,6 +284,8 @@ def darkfield_router(out_dir: str | Path | None = None, publish: Publish | None 
                                     calibration=calibration)], []
 
     router = DarkFieldRouter([factory], Worker("darkfield") if background else None)
+    if background:  # numba and the compiled closing loaded while the scan starts, not after it
+        router.submit(segmentation_kernels.warm_up)
     return router
 
 

@@ -174,7 +174,8 @@ def _axes(shape, start: dict, tile, tiles, retrieval):
 
 
 def _image(entry, name: str, image: np.ndarray, axes, units=None, long_name=None) -> None:
-    data = nx_image(entry, name, image, units, long_name)
+    # gzip-1 shrinks a full-frame float image by 7-31 % in 0.2-0.35 s, the labels by 99 % in 0.03 s
+    data = nx_image(entry, name, image, units, long_name, compress=name == "labels")
     if axes is None:
         return
     for axis, values in zip("yx", axes):

@@ -102,10 +102,12 @@ def nx_root(f: h5py.File, version: str, file_name: str | None = None) -> h5py.Gr
 
 
 def nx_image(entry: h5py.Group, name: str, image: np.ndarray, units: str | None = None,
-             long_name: str | None = None) -> h5py.Group:
-    """An NXdata ``name`` whose signal ``data`` is the 2-D ``image`` (no axis coordinates)."""
+             long_name: str | None = None, *, compress: bool = True) -> h5py.Group:
+    """An NXdata ``name`` whose signal ``data`` is the 2-D ``image`` (no axis coordinates),
+    gzip level 1 unless not ``compress``."""
     data = nx_group(entry, name, "NXdata", signal="data", axes=[".", "."])
-    field = data.create_dataset("data", data=image, compression="gzip", compression_opts=1)
+    gzip = {"compression": "gzip", "compression_opts": 1} if compress else {}
+    field = data.create_dataset("data", data=image, **gzip)
     if units:
         field.attrs["units"] = units
     field.attrs["long_name"] = long_name or name

@@ -7,14 +7,23 @@ Prints medians side by side:
   bluesky's 0MQ proxy (`talbot-lau proxy` + `talbot-lau processor --publish`);
 - the baseline: the retrieval and classification alone on the same frames;
 - the RunEngine's time per document spent in subscribers: none, the in-process processor
-  (it fills frames from HDF5 on the RunEngine's thread), the 0MQ publisher.
+  (it fills frames from HDF5 on the RunEngine's thread), the 0MQ publisher;
+- before/after of the classification and the derived file of one projection, side by side:
+  the classification with the numpy closing and the excess computed as before issue 17
+  (tests/test_classification_speed_paths.py keeps that implementation) against now, and the
+  derived file with every image gzip-compressed (before) against the float images plain.
+  The helpers made faster in place (block medians, interpolation, -ln) serve both, so
+  "before" understates the gain.  Wall and CPU time (the thread's: the machine's other
+  load does not count) are given.
 The twins run with time_scale 0 (no exposure waits) so the figures are the software's.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import os
 import socket
 import statistics
 import subprocess
@@ -28,8 +37,8 @@ from bluesky import RunEngine
 from acquisition.config import load_config
 from acquisition.instrument import simulated_instrument
 from acquisition.plans import darkfield_projection
-from acquisition.processing.live import darkfield_router
 from acquisition.processing.analysis import analyse_projection
+from acquisition.processing.live import darkfield_router
 from acquisition.processing.offline import load_sets
 from acquisition.processing.remote import by_origin, start_dispatcher
 from acquisition.processing.remote import publisher as remote_publisher
@@ -87,6 +96,62 @@ def run_once(instrument, out: Path, subscribers, clock: Clock | None) -> list[fl
         engine.subscribe(clock.raw)
     engine(darkfield_projection(instrument, dark_frames=1, sample={"id": "bench"}))
     return spent
+
+
+def clocked(function, repeat: int) -> tuple[float, float]:
+    """Median wall and thread-CPU seconds of ``function()``."""
+    wall, cpu = [], []
+    for _ in range(repeat):
+        started, started_cpu = time.perf_counter(), time.thread_time()
+        function()
+        wall.append(time.perf_counter() - started)
+        cpu.append(time.thread_time() - started_cpu)
+    return statistics.median(wall), statistics.median(cpu)
+
+
+@contextlib.contextmanager
+def before_issue_17():
+    """The classification and derived-file paths as they were: the numpy closing, the excess
+    computed by the implementation that read each image six times, every image gzipped."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from test_classification_speed_paths import reference_excess_bands
+
+    from acquisition.storage import derived_store, nexus
+    from reconstruction import segmentation
+
+    saved = os.environ.get("TALBOT_LAU_KERNEL"), segmentation.excess_bands, derived_store.nx_image
+    os.environ["TALBOT_LAU_KERNEL"] = "numpy"
+    segmentation.excess_bands = reference_excess_bands
+    derived_store.nx_image = lambda *args, compress=True, **kwargs: nexus.nx_image(*args, **kwargs)
+    try:
+        yield
+    finally:
+        kernel, segmentation.excess_bands, derived_store.nx_image = saved
+        if kernel is None:
+            os.environ.pop("TALBOT_LAU_KERNEL", None)
+        else:
+            os.environ["TALBOT_LAU_KERNEL"] = kernel
+
+
+def before_and_after(frames, period_um, out: Path, repeat: int) -> dict:
+    """(wall, cpu) medians of classification and derived-file writing, before and after."""
+    from acquisition.processing.analysis import classify_image, retrieve_projection
+    from acquisition.processing.process_record import write_derived_file
+
+    retrieval = retrieve_projection(frames, period_um)
+    analysis = classify_image(retrieval)  # compiles the closing (cached for later processes)
+
+    def write():
+        write_derived_file(out / "derived_bench.h5", analysis, "bench", run_record=None,
+                           tissue_calibration=None, start=None)
+
+    figures = {}
+    for when in ("before", "after"):
+        with before_issue_17() if when == "before" else contextlib.nullcontext():
+            figures[when] = {"classification": clocked(lambda: classify_image(retrieval), repeat),
+                             "derived file": clocked(write, repeat)}
+            figures[when]["file MB"] = (out / "derived_bench.h5").stat().st_size / 1e6
+    return figures
 
 
 def free_port() -> int:
@@ -155,6 +220,8 @@ def main() -> None:
         analyse_projection(sets[-1][1], period)
         analysis_s.append(time.perf_counter() - started)
 
+    figures = before_and_after(sets[-1][1], period, out, args.repeat)
+
     med = statistics.median
     print(f"full-frame projection, 1536 x 1920, 9 + 9 steps + 1 dark; medians of {args.repeat} runs")
     print(f"{'path':<44}{'last frame -> derived (s)':>28}{'RE per document (ms)':>24}")
@@ -167,6 +234,12 @@ def main() -> None:
     print(f"RE per document, mean (frame-filling events dominate): in process "
           f"{1e3 * statistics.mean(local_spent):.2f} ms, 0MQ {1e3 * statistics.mean(remote_spent):.2f} ms, "
           f"none {1e3 * statistics.mean(bare):.3f} ms")
+    print(f"\n{'one projection, medians (s)':<32}{'before wall':>12}{'cpu':>8}{'after wall':>12}{'cpu':>8}")
+    for step in ("classification", "derived file"):
+        (bw, bc), (aw, ac) = figures["before"][step], figures["after"][step]
+        print(f"{step:<32}{bw:>12.3f}{bc:>8.3f}{aw:>12.3f}{ac:>8.3f}")
+    print(f"{'derived file size (MB)':<32}{figures['before']['file MB']:>12.1f}{'':>8}"
+          f"{figures['after']['file MB']:>12.1f}")
 
 
 if __name__ == "__main__":
