@@ -14,13 +14,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bluesky import RunEngine
-
 from .config import Config, default_config_dir, load_config
 from .instrument import simulated_instrument
 from .plans.calibration import compute_tissue_calibration, tissue_calibration
 from .processing.derived_collector import DerivedCollector
 from .processing.live import darkfield_router
+from .run_engine import run_engine
 
 SHIPPED = "tissue_calibration_sim.json"
 """The simulated instrument's calibration file among the embedded configs/."""
@@ -58,11 +57,11 @@ def calibrate_twin(path: str | Path | None = None, *, config: Config | None = No
     reference_ts = block_transmission(config.setup, config.instrument.tube.kv)
     collector, starts = DerivedCollector(), []
     processor = darkfield_router(work, publish=collector, calibration=None)  # measured, uncorrected
-    engine = RunEngine({}, call_returns_result=False)
-    engine.subscribe(lambda name, doc: starts.append(doc) if name == "start" else None)
-    engine.subscribe(processor)
-    engine(tissue_calibration(instrument, phantom=spec.describe(), reference_ts=reference_ts,
-                              operator="calibrate_twin", **acquisition))
+    with run_engine(call_returns_result=False) as engine:
+        engine.subscribe(lambda name, doc: starts.append(doc) if name == "start" else None)
+        engine.subscribe(processor)
+        engine(tissue_calibration(instrument, phantom=spec.describe(), reference_ts=reference_ts,
+                                  operator="calibrate_twin", **acquisition))
     processor.wait(600)
     failed = [s for s in collector.stops if s["exit_status"] != "success"]
     if failed:

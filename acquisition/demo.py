@@ -16,14 +16,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bluesky import RunEngine
-
 from .config import Config, load_config
 from .instrument import simulated_instrument
 from .plans import darkfield_projection
 from .processing.derived_collector import DerivedCollector
 from .processing.live import darkfield_router
 from .progress import PlanProgress
+from .run_engine import run_engine
 from .storage.run_record import run_recorder
 from .storage.tissue_calibration_file import configured_calibration, tissue_correction
 from .truth_matching import DEFAULT_GATE_MM, Detection, score_detections
@@ -61,18 +60,18 @@ def run_demo(out_dir: str | Path = "talbot-lau-demo", config: Config | None = No
     out = Path(out_dir)
     config = config or load_config()
     collector = DerivedCollector()
-    engine = RunEngine({}, call_returns_result=False)
-    engine.subscribe(run_recorder(out))
-    engine.subscribe(PlanProgress(disable=quiet))
     processor = darkfield_router(out_dir=out, publish=collector, calibration=configured_calibration(config))
-    engine.subscribe(processor)
     block = simulated_instrument(config, write_path=out / "raw")
     measured = []
-    for title, phantom, sample in demo_specimens(config, block.world.phantom):
-        instrument = block if phantom is block.world.phantom else simulated_instrument(
-            config, write_path=out / "raw", phantom=phantom)
-        (uid,) = engine(darkfield_projection(instrument, sample=sample, operator="demo"))
-        measured.append((title, phantom, sample, uid))
+    with run_engine(call_returns_result=False) as engine:
+        engine.subscribe(run_recorder(out))
+        engine.subscribe(PlanProgress(disable=quiet))
+        engine.subscribe(processor)
+        for title, phantom, sample in demo_specimens(config, block.world.phantom):
+            instrument = block if phantom is block.world.phantom else simulated_instrument(
+                config, write_path=out / "raw", phantom=phantom)
+            (uid,) = engine(darkfield_projection(instrument, sample=sample, operator="demo"))
+            measured.append((title, phantom, sample, uid))
     processor.wait()
     failed = [s for s in collector.stops if s["exit_status"] != "success"]
     if failed:

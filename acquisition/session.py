@@ -12,13 +12,16 @@ runs on the RunEngine's loop; the table, the recorder, the catalogue, the proces
 monitor are buffered to threads of their own (``flush()`` waits for them), so suspenders
 and Ctrl-C always answer.
 
-The session starts in about 3 s (``tests/test_session.py`` prints the figure): what is slow
-to start is not done before the first prompt.  The catalogue (tiled's catalogue, server app
-and in-process client, about 5 s with the writer's import) opens in the catalogue writer's
-buffer thread, whose documents wait for it: ``catalogue`` is a
-:class:`acquisition.storage.catalogue.BackgroundCatalogue`, used as the tiled client it becomes;
-the first use waits until it is open.  BestEffortCallback (matplotlib.pyplot, about 0.8 s)
-is built at its first document or first use.
+The session starts in about 3 s (to its first cell, alone on 2 idle cores; about 6 s for
+three starting at once, the figure ``tests/test_session.py`` prints): what is slow to start
+is not done before the first prompt.  The catalogue (tiled's catalogue, server app
+and in-process client, about 5 s of CPU with the writer's import) opens at its first use:
+``catalogue`` is a :class:`acquisition.storage.catalogue.BackgroundCatalogue`, used as the
+tiled client it becomes, opened by the first run's first document (in the catalogue
+writer's buffer thread, whose documents wait for it) or the operator's first look; a
+session that takes no run never starts tiled, and its exit does not wait for it.
+BestEffortCallback (matplotlib.pyplot, about 0.8 s) is built at its first document or
+first use.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from .run_engine import close_run_engine, new_run_engine
 
 log = logging.getLogger(__name__)
 
@@ -195,10 +200,11 @@ class SessionSubscribers:
     """The session's buffered subscribers, its processor and its catalogue, with the
     bounded ``flush`` and ``close`` the namespace and the session's exit use."""
 
-    def __init__(self, buffers: list, processor, catalogue):
+    def __init__(self, buffers: list, processor, catalogue, engine=None):
         self.buffers = buffers
         self.processor = processor
         self.catalogue = catalogue
+        self.engine = engine  # the namespace's RE: its loop and thread end first at close
         self.closed = False
 
     def after_cell(self, *args) -> None:
@@ -235,6 +241,8 @@ class SessionSubscribers:
         self.closed = True
         deadline = time.monotonic() + timeout
         done = True
+        if self.engine is not None:  # a plan still running is halted: its stop reaches the buffers
+            done &= close_run_engine(self.engine)
         for buffer in self.buffers:
             done &= buffer.close(max(deadline - time.monotonic(), 0.0))
         done &= self.processor.close(max(deadline - time.monotonic(), 0.0))
@@ -262,12 +270,12 @@ def session_namespace(instrument, out_dir: str | Path, *, kind: str = "simulated
     writer, the processor and the monitor each get the documents through a
     :class:`acquisition.processing.live.DocumentBuffer` (a thread of their own), so no file,
     catalogue or frame I/O ever holds the loop and suspenders and Ctrl-C always answer.
-    The catalogue opens in its writer's buffer thread (its first job; documents wait behind
-    it).  ``flush()`` in the namespace waits until they have caught up; the namespace's
-    ``session`` (:class:`SessionSubscribers`) closes them at the exit."""
+    The catalogue opens at its first use (the first document, in its writer's buffer
+    thread; later documents wait behind it).  ``flush()`` in the namespace waits until they
+    have caught up; the namespace's ``session`` (:class:`SessionSubscribers`) closes them at
+    the exit."""
     import bluesky.plan_stubs as bps
     import bluesky.plans as bp
-    from bluesky import RunEngine
     from bluesky.utils import PersistentDict
 
     from . import plans
@@ -288,9 +296,9 @@ def session_namespace(instrument, out_dir: str | Path, *, kind: str = "simulated
     if monitor is not None:
         from .monitor import QtDuringTask
 
-        engine = RunEngine({}, during_task=QtDuringTask())
+        engine = new_run_engine(during_task=QtDuringTask())
     else:
-        engine = RunEngine({})
+        engine = new_run_engine()
     engine.record_interruptions = True  # suspensions and pauses: an "interruptions" stream
     engine.md_normalizer = plans.working_point_metadata(instrument)  # after use_working_point
     metadata_dir().mkdir(parents=True, exist_ok=True)
@@ -299,8 +307,7 @@ def session_namespace(instrument, out_dir: str | Path, *, kind: str = "simulated
     derived = DerivedCollector()
     catalogue = BackgroundCatalogue(out / "catalogue",
                                     readable=[out, *([frames_dir] if frames_dir else [])])
-    catalogue_buffer = DocumentBuffer(catalogue_writer(catalogue), "catalogue")
-    catalogue_buffer.worker.submit(catalogue.open)  # first in its thread: documents wait for it
+    catalogue_buffer = DocumentBuffer(catalogue_writer(catalogue), "catalogue")  # opens it at its first document
     # the processor publishes from its worker thread: these consumers run there
     derived_consumers = [derived, catalogue_writer(catalogue)]
     if monitor is not None:
@@ -326,7 +333,7 @@ def session_namespace(instrument, out_dir: str | Path, *, kind: str = "simulated
     honour_time_scale(engine, instrument)  # a warm-up's dwell at the twin's pace
     for suspender in plans.source_suspenders(instrument.tube, sleep_s=suspend_sleep_s):
         engine.install_suspender(suspender)
-    subscribers = SessionSubscribers(buffers, processor, catalogue)
+    subscribers = SessionSubscribers(buffers, processor, catalogue, engine)
     namespace = {
         "RE": engine, "bec": bec, "bp": bp, "bps": bps, "instrument": instrument,
         "tube": instrument.tube, "g2": instrument.g2, "stage": instrument.stage,
@@ -358,12 +365,12 @@ def start_session(instrument, out_dir, *, kind: str, command: str | None = None,
         monitor.show()
         gui = ["%gui qt"]
     namespace = session_namespace(instrument, out_dir, kind=kind, monitor=monitor, frames_dir=frames_dir)
+    sender = None
     if publish:
-        from bluesky.callbacks.zmq import Publisher
+        from .processing.remote import parse_address, publisher
 
-        from .processing.remote import parse_address, serialize
-
-        namespace["RE"].subscribe(Publisher(parse_address(publish), serializer=serialize))  # msgpack
+        sender = publisher(parse_address(publish))  # msgpack; its 0MQ socket closed at the exit
+        namespace["RE"].subscribe(sender)
     config = Config()
     config.InteractiveShellApp.exec_lines = gui + [
         "from bluesky.magics import BlueskyMagics",
@@ -384,6 +391,8 @@ def start_session(instrument, out_dir, *, kind: str, command: str | None = None,
         except Exception as err:  # noqa: BLE001  say it, and still write what is held
             log.error("session exit: %s", err)
         subscribers.close(timeout=EXIT_TIMEOUT_S)
+        if sender is not None:
+            sender.close()
         if monitor is not None:  # Qt objects gone before PyQt's own exit cleanup (it can crash)
             from pyqtgraph.Qt import QtWidgets
 

@@ -100,7 +100,7 @@ def _fused(stack: np.ndarray, kernel: str | None):
 
 def fit_blocks(stack: np.ndarray, solver: np.ndarray, kernel: str | None = None):
     """Per-pixel a0, a1 and phi of an (n, ny, nx) stack with a (3, n) solver."""
-    n, ny, nx = stack.shape
+    _, ny, nx = stack.shape
     dtype = work_dtype(stack)
     fused = _fused(stack, kernel)
     if fused is not None:
@@ -117,7 +117,7 @@ def fit_blocks(stack: np.ndarray, solver: np.ndarray, kernel: str | None = None)
     return a0, a1, phi
 
 
-def retrieve_blocks(sample, solver, dark, reference_a0, reference_visibility, reference_phi,
+def retrieve_blocks(sample, solver, dark, reference_a0, reference_a1, reference_phi,
                     saturated_reference=None, saturation=None, floor=0.0, noise=None,
                     kernel=None):
     """Fit the sample and compare it with a fitted reference, block by block.
@@ -130,8 +130,10 @@ def retrieve_blocks(sample, solver, dark, reference_a0, reference_visibility, re
         (3, n) least-squares solver for (a0, c, s).
     dark : numpy.ndarray or None
         2-D dark image subtracted from a0 (ADU; None: none).
-    reference_a0, reference_visibility, reference_phi : numpy.ndarray
-        The reference fit (dark subtracted): mean (ADU), a1/a0, phase (rad).
+    reference_a0, reference_a1, reference_phi : numpy.ndarray
+        The reference fit (dark subtracted), in the work dtype: mean and amplitude (ADU),
+        phase (rad); its visibility a1/a0 is formed per pixel in the same dtype on both
+        paths.
     saturated_reference : numpy.ndarray of bool, optional
         Pixels saturated in the raw reference.
     saturation : float, optional
@@ -154,13 +156,13 @@ def retrieve_blocks(sample, solver, dark, reference_a0, reference_visibility, re
         differential_phase, absorption, scattering; T, V, dphi, mu and eps are NaN at
         invalid pixels.
     """
-    n, ny, nx = sample.shape
+    _, ny, nx = sample.shape
     dtype = work_dtype(sample)
     names = ("a0", "a1", "phi", "transmission", "dark_field", "differential_phase",
              "absorption", "scattering")
     fused = _fused(sample, kernel)
     if fused is not None:
-        return _retrieve_fused(fused, sample, solver, dark, reference_a0, reference_visibility,
+        return _retrieve_fused(fused, sample, solver, dark, reference_a0, reference_a1,
                                reference_phi, saturated_reference, saturation, floor, noise, dtype)
     out = {name: np.empty((ny, nx), dtype) for name in names}
     floor = dtype.type(floor)
@@ -175,16 +177,18 @@ def retrieve_blocks(sample, solver, dark, reference_a0, reference_visibility, re
             a1 = rice_amplitude(a1, amplitude_sigma(a0, *noise))
         phi = np.arctan2(-s, c)
         ref_a0 = reference_a0[rows].reshape(-1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            reference_visibility = reference_a1[rows].reshape(-1) / ref_a0
         # invalid: no measured signal in the reference or the sample (dead pixels sit at the
         # dark level and leave float round-off ~1e-5 ADU, which passes a0 > 0), no fringes
-        bad = ~(ref_a0 > floor) | ~(reference_visibility[rows].reshape(-1) > 0) | ~(a0 > floor)
+        bad = ~(ref_a0 > floor) | ~(reference_visibility > 0) | ~(a0 > floor)
         if saturation is not None:
             bad |= sample[:, rows].max(axis=0).reshape(-1) >= saturation
         if saturated_reference is not None:
             bad |= saturated_reference[rows].reshape(-1)
         with np.errstate(divide="ignore", invalid="ignore"):
             transmission = a0 / ref_a0
-            dark_field = a1 / (a0 * reference_visibility[rows].reshape(-1))
+            dark_field = a1 / (a0 * reference_visibility)
             transmission[bad] = np.nan
             dark_field[bad] = np.nan
             absorption = -np.log(transmission)
@@ -202,7 +206,7 @@ def retrieve_blocks(sample, solver, dark, reference_a0, reference_visibility, re
     return out
 
 
-def _retrieve_fused(fused, sample, solver, dark, reference_a0, reference_visibility, reference_phi,
+def _retrieve_fused(fused, sample, solver, dark, reference_a0, reference_a1, reference_phi,
                     saturated_reference, saturation, floor, noise, dtype):
     """``retrieve_blocks`` on the numba path; with a noise model, V and eps are finished here
     from the Rice posterior mean of a1 (one extra pass over the 2-D images)."""
@@ -211,14 +215,14 @@ def _retrieve_fused(fused, sample, solver, dark, reference_a0, reference_visibil
 
     out = fused.retrieve(
         np.ascontiguousarray(sample), solver, dark, image(reference_a0),
-        image(reference_visibility), image(reference_phi), image(saturated_reference, np.bool_),
+        image(reference_a1), image(reference_phi), image(saturated_reference, np.bool_),
         saturation, floor, dtype, with_ratio=noise is None)
     bad = out.pop("bad")
     if noise is not None:
         a0 = out["a0"]
         a1 = out["a1"] = rice_amplitude(out["a1"], amplitude_sigma(a0, *noise)).astype(dtype, copy=False)
         with np.errstate(divide="ignore", invalid="ignore"):
-            dark_field = a1 / (a0 * image(reference_visibility))
+            dark_field = a1 / (a0 * (image(reference_a1) / image(reference_a0)))
             dark_field[bad] = np.nan
             scattering = -np.log(dark_field)
         scattering[~(dark_field > 0)] = np.nan

@@ -79,6 +79,15 @@ def _negative_log(values: np.ndarray) -> np.ndarray:
         return -np.log(np.where(values > 0, values, np.nan))
 
 
+def _has_signal(a0: np.ndarray) -> bool:
+    """Whether any pixel of ``a0`` is positive and finite: a sparse grid first (one such
+    pixel settles it, ~10 us), the whole image only if the grid has none."""
+    for grid in (a0[::32, ::32], a0):
+        if np.any((grid > 0) & (grid < np.inf)):  # False for NaN
+            return True
+    return False
+
+
 def _saturation_level(stack: np.ndarray, saturation):
     """The raw level that marks a pixel saturated: ``saturation``, or for an unsigned stack
     its largest value (65535 for a 16-bit panel); None: not checked."""
@@ -194,7 +203,7 @@ def retrieve(sample, reference, dark=None, *, steps=None, reference_steps=None, 
         if level is not None:
             saturated_reference = reference.max(axis=0) >= level
     a0r = np.asarray(reference_fit.a0)
-    if not np.any(np.isfinite(a0r) & (a0r > 0)):
+    if not _has_signal(a0r):
         raise ValueError("reference has no pixel with a positive, finite mean intensity a0 "
                          "(zero, negative or NaN everywhere: no beam, or dark not matching)")
     if sample.shape[0] < 3 or not np.issubdtype(sample.dtype, np.number) or np.iscomplexobj(sample):
@@ -203,10 +212,9 @@ def retrieve(sample, reference, dark=None, *, steps=None, reference_steps=None, 
     solver = stepping_solver(positions, period)
     noise = None if noise_model is None else (harmonic_variance_factor(solver), *noise_model)
     dtype = work_dtype(sample)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        reference_visibility = (np.asarray(reference_fit.a1) / a0r).astype(dtype, copy=False)
     out = retrieve_blocks(sample, solver, dark_image, a0r.astype(dtype, copy=False),
-                          reference_visibility, np.asarray(reference_fit.phi).astype(dtype, copy=False),
+                          np.asarray(reference_fit.a1).astype(dtype, copy=False),
+                          np.asarray(reference_fit.phi).astype(dtype, copy=False),
                           saturated_reference, _saturation_level(sample, saturation),
                           floor=signal_floor(a0r), noise=noise)
     return Retrieval(

@@ -2,6 +2,7 @@
 tests (helpers are in tests/support.py)."""
 
 import os
+import threading
 
 # Before anything imports Qt or starts libca.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -35,9 +36,23 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.qt)
 
 
+def _run_engine_threads() -> set:
+    return {t for t in threading.enumerate() if t.name == "bluesky-run-engine" and t.is_alive()}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_run_engine_left():
+    """Every RunEngine a test module makes is closed by the module's end: bluesky's loop
+    thread of a RunEngine never closed runs on (``acquisition.run_engine`` closes one)."""
+    before = _run_engine_threads()
+    yield
+    left = _run_engine_threads() - before
+    assert not left, f"{len(left)} RunEngine(s) left running: use acquisition.run_engine or the RE fixture"
+
+
 @pytest.fixture
 def RE():
-    """A RunEngine({}) that the test owns, cleaned up after it (see support.run_engine)."""
+    """A RunEngine({}) that the test owns, closed after it (acquisition.run_engine)."""
     with run_engine() as engine:
         yield engine
 

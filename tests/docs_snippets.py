@@ -20,6 +20,8 @@ through the environment only:
   ``acquisition.config`` is imported.  Nothing else of the package is touched.
 * ``TALBOT_LAU_STATE`` (the RunEngine's metadata), ``QT_QPA_PLATFORM=offscreen``, the
   Channel Access addresses and ports.
+* this tree second on ``PYTHONPATH``: the commands run this tree's package even where it is
+  installed as a copy (not editable).
 """
 
 from __future__ import annotations
@@ -237,7 +239,7 @@ def doc_env(tmp: Path, configs: Path | None = None, **extra) -> dict:
         env.pop(key, None)
     env.update(
         PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
-        PYTHONPATH=str(shim),
+        PYTHONPATH=os.pathsep.join([str(shim), str(REPO)]),  # this tree's package, however installed
         PYTHONUNBUFFERED="1",
         QT_QPA_PLATFORM="offscreen",
         TALBOT_LAU_STATE=str(tmp / "state"),
@@ -376,6 +378,8 @@ class Server:
                     os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         self._reader.join(5)
+        if not self._reader.is_alive():  # its pipe read to the end (a grandchild may hold it)
+            self.process.stdout.close()
         return self.process.returncode
 
     def __enter__(self):

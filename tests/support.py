@@ -3,15 +3,12 @@ holds fixtures only)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 
-from bluesky import RunEngine
-from bluesky.utils import TransitionError
 from event_model import DocumentNames, schema_validators
 
 from acquisition.config import load_config
+from acquisition.run_engine import run_engine  # noqa: F401  (the package's own, for the RE fixture)
 
 
 def small_config(rows: int = 96, cols: int = 112, time_scale: float = 0.0, **simulation):
@@ -35,22 +32,3 @@ def validated_documents(engine) -> list:
 
     engine.subscribe(collect)
     return documents
-
-
-@contextlib.contextmanager
-def run_engine(**kwargs):
-    """A ``RunEngine({})`` on an event loop of its own (``kwargs`` go to RunEngine); on exit
-    it halts a plan still running, drops every subscription, stops the loop, joins the
-    loop's thread and closes the loop (as bluesky's own ``RE`` test fixture does)."""
-    loop = asyncio.new_event_loop()
-    engine = RunEngine({}, loop=loop, **kwargs)
-    try:
-        yield engine
-    finally:
-        if engine.state not in ("idle", "panicked"):
-            with contextlib.suppress(TransitionError):
-                engine.halt()
-        engine.dispatcher.unsubscribe_all()
-        loop.call_soon_threadsafe(loop.stop)
-        engine._th.join(timeout=10)
-        loop.close()

@@ -1,9 +1,9 @@
 """The run catalogue: projections on the twins written by TiledWriter, found by sample id."""
 
+import contextlib
 import dataclasses
 import secrets
 import shutil
-import socket
 import sqlite3
 import subprocess
 import time
@@ -11,6 +11,7 @@ import time
 import h5py
 import numpy as np
 import pytest
+from ioc_fixture import _free_port
 
 from acquisition.storage.catalogue import (
     asset_path, catalogue_writer, connect_catalogue, find_runs, open_catalogue, read_api_key,
@@ -62,12 +63,6 @@ class Recorder:
             handler.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def catalogued(tmp_path_factory):
     """Two projections (S-17 processed on the fly, S-18) written into a catalogue, which is
@@ -77,15 +72,16 @@ def catalogued(tmp_path_factory):
     raw, directory = root / "raw", root / "catalogue"
     readable = [raw, root / "derived"]
     client = open_catalogue(directory, readable=readable)
-    port, log = _free_port(), open(root / "server.log", "w")
-    server = subprocess.Popen(server_command(directory, port=port),
-                              env=server_environment(API_KEY), stdout=subprocess.DEVNULL, stderr=log)
+    port = _free_port()
+    with open(root / "server.log", "w") as log:  # the server has its own copy of the descriptor
+        server = subprocess.Popen(server_command(directory, port=port),
+                                  env=server_environment(API_KEY), stdout=subprocess.DEVNULL, stderr=log)
     try:
         config = small_config()
         config = dataclasses.replace(config, instrument=dataclasses.replace(
             config.instrument, detector=dataclasses.replace(config.instrument.detector, compression="bslz4")))
         instrument = simulated_instrument(config, write_path=raw)
-        with run_engine() as engine:
+        with contextlib.closing(client.context), run_engine() as engine:  # closed: then reopened
             recorder, derived = Recorder(), Recorder()
             engine.subscribe(recorder)
             engine.subscribe(catalogue_writer(client))
@@ -104,16 +100,13 @@ def catalogued(tmp_path_factory):
                     token = None
             processor.wait()
             recorder.derived = derived
-            client.context.close()
-
-            reopened = open_catalogue(directory, readable=readable)
-            recorder.root = root
+        reopened = open_catalogue(directory, readable=readable)
+        recorder.root = root
+        with contextlib.closing(reopened.context):
             yield reopened, uids, recorder, (server, port)
-            reopened.context.close()
     finally:
         server.terminate()
         server.wait(timeout=10)
-        log.close()
 
 
 @pytest.mark.slow
@@ -173,6 +166,7 @@ def test_derived_run_is_catalogued_with_its_images(catalogued):
     assert images["dark_field"].dtype == np.float32 and images["labels"].dtype == np.int32
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:The callback:UserWarning")  # event-model on the failed start
 def test_a_failing_catalogue_never_fails_the_scan(RE, tmp_path, caplog):
     class Unreachable:  # a tiled client whose server is gone
@@ -210,16 +204,17 @@ def test_a_tiled_server_serves_the_same_catalogue(catalogued, tmp_path):
     with open(f"/proc/{server.pid}/cmdline", "rb") as f:  # the key is not on its command line
         cmdline = f.read()
     assert b"serve" in cmdline and API_KEY.encode() not in cmdline
-    with pytest.raises(Exception, match="401"):  # the key is required
-        list(connect_catalogue(f"http://127.0.0.1:{port}", api_key="wrongkey"))
+    with pytest.raises(Exception, match="401"):  # the key is required (the refused client closed)
+        connect_catalogue(f"http://127.0.0.1:{port}", api_key="wrongkey")
     key_file = tmp_path / "key"
     key_file.write_text(API_KEY)
     key_file.chmod(0o600)
     client = connect_catalogue(f"http://127.0.0.1:{port}", api_key_file=key_file)
-    uid = uids["S-17"]
-    assert list(find_runs(client, "S-17")) == [uid]
-    (datum_id, *_) = recorder.column(uid, "primary", "detector_image")
-    np.testing.assert_array_equal(client[uid]["primary"]["detector_image"][0], recorder.frame(datum_id))
+    with contextlib.closing(client.context):  # its HTTP connections to the server
+        uid = uids["S-17"]
+        assert list(find_runs(client, "S-17")) == [uid]
+        (datum_id, *_) = recorder.column(uid, "primary", "detector_image")
+        np.testing.assert_array_equal(client[uid]["primary"]["detector_image"][0], recorder.frame(datum_id))
 
 
 def test_api_key_from_a_private_file_the_environment_or_fresh(tmp_path, monkeypatch):
@@ -298,7 +293,8 @@ def test_a_moved_catalogue_reads_frames_and_derived_images_at_its_new_place(cata
     moved = tmp_path / "elsewhere" / "run"
     moved.parent.mkdir()
     copy.rename(moved)
-    with sqlite3.connect(moved / "catalogue" / "tables.sqlite") as tables:  # mark the copy's tables
+    with contextlib.closing(sqlite3.connect(moved / "catalogue" / "tables.sqlite")) as tables, \
+            tables:  # mark the copy's tables (committed, then closed)
         for (table,) in tables.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
             if "g2" in [column[1] for column in tables.execute(f'PRAGMA table_info("{table}")')]:
                 tables.execute(f'UPDATE "{table}" SET g2 = g2 + 1000')

@@ -5,7 +5,6 @@ does not make an empty catalogue of a mistyped directory (issue 13, part 6)."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -13,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ioc_fixture import _free_port as free_port  # TCP and UDP free on 127.0.0.1
 
 from acquisition import cli
 
@@ -28,12 +28,6 @@ def talbot_lau(*args, cwd=None, env=None, timeout=60) -> subprocess.CompletedPro
 
 def stderr_lines(done: subprocess.CompletedProcess) -> list[str]:
     return [line for line in done.stderr.splitlines() if line.strip()]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- start-up time --------------------------------------------------------------------------
@@ -136,19 +130,20 @@ def test_catalogue_refuses_a_directory_that_is_not_one(tmp_path):
 
 def first_line(args, timeout_s: float = 30.0) -> str:
     """The first line a server prints on stdout (it must flush it); then it is killed."""
-    process = subprocess.Popen([*COMMAND, *map(str, args)], stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.append(process.stdout.readline()), daemon=True)
-    try:
-        reader.start()
-        reader.join(timeout_s)
-        assert lines and lines[0].endswith("\n"), f"no line printed within {timeout_s} s"
-        assert process.poll() is None, "the server ended"
-        return lines[0]
-    finally:
-        process.kill()
-        process.wait()
+    with subprocess.Popen([*COMMAND, *map(str, args)], stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True) as process:  # its pipe closed at the end
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.append(process.stdout.readline()), daemon=True)
+        try:
+            reader.start()
+            reader.join(timeout_s)
+            assert lines and lines[0].endswith("\n"), f"no line printed within {timeout_s} s"
+            assert process.poll() is None, "the server ended"
+            return lines[0]
+        finally:
+            process.kill()
+            process.wait()
+            reader.join(timeout_s)  # the pipe's end (EOF) ends a read still waiting
 
 
 @pytest.mark.slow

@@ -28,6 +28,8 @@ from reconstruction.segmentation import (
 )
 from simulators.physics import Phantom, TissueSlab
 
+pytestmark = pytest.mark.slow  # the module's projection and mosaic fixtures record and reconstruct (~4 s)
+
 CLUSTER_MM = (1.5, -1.0)
 """(x, y) of the projection's cluster: off centre on both axes, so a sign error shows."""
 IMAGES = ("transmission", "dark_field", "differential_phase", "absorption", "scattering", "labels")

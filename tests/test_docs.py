@@ -438,12 +438,12 @@ def test_a_projection_and_a_lab_day_from_python(tmp_path, configs_2):
 
 @pytest.fixture(scope="module")
 def sessions(tmp_path_factory, configs_12, tl_iocs):
-    """The session forms and the rehearsal of docs/operating.md, as written, in two rounds of
-    processes at once (no two plans on one IOC, and no session ending on an IOC while a
-    plan runs there): first the in-process twins with the monitor, the rehearsal on IOC 1
-    and the lab.yaml form on IOC 2, each typed a projection; then the ``--ioc TL: --monitor``
-    form on IOC 1, the catalogue server on the first session's data, and ``talbot-lau
-    reconstruct`` of the rehearsal's run."""
+    """The session forms and the rehearsal of docs/operating.md, as written, in three chains
+    of processes at once (no two plans on one IOC, and no session ending on an IOC while a
+    plan runs there): the in-process twins with the monitor, typed a projection, then the
+    catalogue server on its data; the rehearsal on IOC 1, typed a projection, then
+    ``talbot-lau reconstruct`` of its run; the lab.yaml form on IOC 2, typed a projection,
+    then the ``--ioc TL: --monitor`` form on IOC 2."""
     sim, ioc, lab = commands(block(OPERATING, "session-forms").text)
     rehearsal = commands(block(OPERATING, "ioc-rehearsal").text)[1]
     root = tmp_path_factory.mktemp("sessions")
@@ -457,19 +457,26 @@ def sessions(tmp_path_factory, configs_12, tl_iocs):
     def session(name, command, ca, stdin):
         return run_shell(command, cwd[name], doc_env(cwd[name], configs_12, **ca), stdin=stdin, timeout=240)
 
-    with ThreadPoolExecutor(3) as pool:
-        first = {"sim": pool.submit(session, "sim", sim, {}, session_lines("doc-sim", "%mov g2 1.6", "%wa")),
-                 "rehearsal": pool.submit(session, "rehearsal", rehearsal, ioc_1, session_lines("doc-rehearsal")),
-                 "lab": pool.submit(session, "lab", lab, ioc_2, session_lines("doc-lab"))}
-        done = {name: future.result() for name, future in first.items()}
-        connected = pool.submit(session, "ioc", ioc, ioc_1, ipython_lines(
+    def sim_then_served():
+        done = session("sim", sim, {}, session_lines("doc-sim", "%mov g2 1.6", "%wa"))
+        return done, serve_the_catalogue_of(cwd["sim"], results(done.stdout).get("uid", "none"))
+
+    def rehearsal_then_offline():
+        done = session("rehearsal", rehearsal, ioc_1, session_lines("doc-rehearsal"))
+        uid = results(done.stdout).get("uid", "none")
+        return done, run_shell(f"talbot-lau reconstruct talbot-lau-data/run_{uid[:8]}.nxs --out offline",
+                               cwd["rehearsal"], doc_env(cwd["rehearsal"], configs_12))
+
+    def lab_then_connected():  # the second session on IOC 2 starts once the lab's plan ended
+        done = session("lab", lab, ioc_2, session_lines("doc-lab"))
+        return done, session("ioc", ioc, ioc_2, ipython_lines(
             "%wa", "print('DOCTEST-RESULT ' + __import__('json').dumps({'devices': "
             "[type(d).__name__ for d in instrument.devices], 'monitor': type(monitor).__name__}))"))
-        uid = results(done["rehearsal"].stdout).get("uid", "none")
-        offline = pool.submit(run_shell, f"talbot-lau reconstruct talbot-lau-data/run_{uid[:8]}.nxs --out offline",
-                              cwd["rehearsal"], doc_env(cwd["rehearsal"], configs_12))
-        served = serve_the_catalogue_of(cwd["sim"], results(done["sim"].stdout).get("uid", "none"))
-        done["ioc"], done["offline"] = connected.result(), offline.result()
+
+    with ThreadPoolExecutor(3) as pool:
+        chains = [pool.submit(chain) for chain in (sim_then_served, rehearsal_then_offline, lab_then_connected)]
+        (sim_done, served), (rehearsal_done, offline), (lab_done, connected) = [c.result() for c in chains]
+    done = {"sim": sim_done, "rehearsal": rehearsal_done, "lab": lab_done, "ioc": connected, "offline": offline}
     return {"cwd": cwd, "done": done, "served": served}
 
 

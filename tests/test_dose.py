@@ -27,6 +27,7 @@ from simulators.physics.spectrum import (
 PAPER = DoseConfig()  # 2.1 mGy/s, HVL 0.8 mm Al at 40 kVp / 70 mA, 45 mm reference breast
 
 
+@pytest.mark.slow
 def test_simulated_beam_meets_the_measured_hvl_and_air_kerma():
     setup = Setup()
     # the paper: HVL 0.8 mm Al and incident air kerma 2.1 mGy/s at the sample (behind G0)
@@ -72,6 +73,7 @@ def test_mean_glandular_dose_of_the_papers_protocol():
         dose_rate_mgy_per_s(PAPER, 40.0, 70.0, -1.0)
 
 
+@pytest.mark.slow
 def test_a_paraffin_block_is_labelled_by_the_reference_breast(RE, tmp_path):
     instrument = simulated_instrument(small_config(rows=32, cols=32), write_path=tmp_path / "raw")
     documents = validated_documents(RE)

@@ -50,19 +50,20 @@ class Scenario:
         command = [sys.executable, str(CLIENT), self.prefix, str(self.write_path), str(self.report)]
         for key, value in options.items():
             command += [f"--{key.replace('_', '-')}", str(value)]
-        client = subprocess.Popen(command, cwd=REPO, env=self.env, stdout=subprocess.PIPE,
-                                  stderr=open(self.logs / "client.log", "wb"), text=True)
-        deadline = time.monotonic() + timeout_s
-        try:
-            for line in client.stdout:
-                on_line(self, line.strip())
-                if time.monotonic() > deadline:
-                    break
-            client.wait(timeout=max(deadline - time.monotonic(), 1))
-        finally:
-            if client.poll() is None:
-                client.kill()
-                pytest.fail(f"client hung (log: {self.logs / 'client.log'})")
+        with open(self.logs / "client.log", "wb") as log, subprocess.Popen(
+                command, cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=log, text=True) as client:
+            deadline = time.monotonic() + timeout_s
+            try:
+                for line in client.stdout:
+                    on_line(self, line.strip())
+                    if time.monotonic() > deadline:
+                        break
+                client.wait(timeout=max(deadline - time.monotonic(), 1))
+            finally:
+                if client.poll() is None:
+                    client.kill()
+                    client.wait()
+                    pytest.fail(f"client hung (log: {self.logs / 'client.log'})")
         assert self.report.exists(), (self.logs / "client.log").read_text()[-3000:]
         return json.loads(self.report.read_text())
 

@@ -113,6 +113,44 @@ def test_fit_stepping_agrees_on_both_paths(monkeypatch):
     np.testing.assert_allclose(np.angle(np.exp(1j * (fits[0].phi - fits[1].phi))), 0, atol=1e-5)
 
 
+def test_float32_log_and_atan2_within_a_few_ulp_of_numpy():
+    """The vectorised float32 -ln and atan2 of the kernel, over the whole float32 range
+    (subnormal and infinite included for the log; zeros of either sign and NaN for atan2)."""
+    import numba
+
+    from reconstruction import fused_kernel
+
+    @numba.njit
+    def apply(y, x, minus_log, atan2):
+        for j in range(y.size):
+            minus_log[j] = fused_kernel._minus_log(y[j])
+            atan2[j] = fused_kernel._atan2(y[j], x[j])
+
+    rng = np.random.default_rng(5)
+    values = np.concatenate([np.logspace(-45, 38.5, 4001).astype(np.float32),
+                             rng.uniform(0.5, 2, 4000).astype(np.float32),
+                             np.float32([1.1754942e-38, 1.1754944e-38, 1, 1.4142135, 1.4142137])])
+    values = values[values > 0]
+    x, y = (rng.standard_normal(values.size).astype(np.float32)
+            * np.float32(10) ** rng.integers(-20, 20, values.size) for _ in range(2))
+    minus_log, atan2 = np.empty_like(values), np.empty_like(values)
+    apply(values, x, minus_log, np.empty_like(values))
+    apply(y, x, np.empty_like(values), atan2)
+    for got, exact in ((minus_log, -np.log(values.astype(np.float64))),
+                       (atan2, np.arctan2(y.astype(np.float64), x.astype(np.float64)))):
+        ulp = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+        assert np.all(np.abs(got - exact) <= 2.5 * ulp)
+    special = np.float32([np.inf, 0.0, -0.0, 1.0, -1.0, np.nan])
+    y, x = (a.ravel() for a in np.meshgrid(special[1:], special[1:]))
+    minus_log, atan2 = np.empty(2, np.float32), np.empty_like(y)
+    apply(special[:2], special[:2], minus_log, np.empty(2, np.float32))
+    assert minus_log[0] == -np.inf
+    apply(y, x, np.empty_like(y), atan2)
+    exact = np.arctan2(y, x)
+    np.testing.assert_allclose(atan2, exact, rtol=2e-7, atol=0)
+    np.testing.assert_array_equal(np.signbit(atan2), np.signbit(exact))
+
+
 def test_kernel_choice_and_a_clear_error(monkeypatch):
     monkeypatch.delenv(KERNEL_VARIABLE, raising=False)
     assert kernel_choice() == "numba"
@@ -122,11 +160,13 @@ def test_kernel_choice_and_a_clear_error(monkeypatch):
         kernel_choice()
 
 
+@pytest.mark.slow
 def test_importing_reconstruction_does_not_import_numba():
     code = "import sys, reconstruction; assert 'numba' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@pytest.mark.slow
 def test_without_numba_the_numpy_path_is_used():
     code = ("import sys; sys.modules['numba'] = None; import numpy as np; "
             "from reconstruction import retrieve; from reconstruction.kernels import kernel_choice; "
@@ -135,6 +175,6 @@ def test_without_numba_the_numpy_path_is_used():
             "assert np.isfinite(retrieve(s, s).transmission).all()")
     subprocess.run([sys.executable, "-c", code], check=True)
     with pytest.raises(subprocess.CalledProcessError):
-        subprocess.run([sys.executable, "-c", "import sys; sys.modules['numba'] = None; "
-                        "from reconstruction.kernels import kernel_choice; kernel_choice('numba')"],
+        subprocess.run([sys.executable, "-c", ("import sys; sys.modules['numba'] = None; "
+                        "from reconstruction.kernels import kernel_choice; kernel_choice('numba')")],
                        check=True, capture_output=True)

@@ -60,6 +60,7 @@ def instrument(tmp_path):
                                 phantom=phantom)
 
 
+@pytest.mark.slow
 def test_reference_at_its_own_exposure_with_its_own_darks(RE, instrument, tmp_path):
     documents = validated_documents(RE)
     RE.subscribe(run_recorder(tmp_path))
@@ -85,6 +86,7 @@ def test_reference_at_its_own_exposure_with_its_own_darks(RE, instrument, tmp_pa
     assert len(collector.clusters) == 1  # the one cluster of the phantom
 
 
+@pytest.mark.slow
 def test_darks_at_each_exposure_differ_by_the_dark_current(RE, instrument, tmp_path):
     """The processor must subtract the dark of the matching exposure: they differ by the
     panel's dark current times the exposure difference."""

@@ -86,6 +86,7 @@ def test_a_reference_set_is_fitted_once_and_gives_the_numbers_of_fitting_every_t
     assert fits.nbytes == 0
 
 
+@pytest.mark.slow
 def test_reference_sets_without_identity_or_reuse_are_fitted_every_time(tmp_path):
     _, sets, _ = processor_jobs(mosaic_documents(tmp_path), tmp_path)
     with FrameLoader() as loader:

@@ -49,6 +49,7 @@ def nx_class(f, path):
     return f[path].attrs["NX_class"]
 
 
+@pytest.mark.slow
 def test_run_record_is_a_nexus_entry_of_the_instrument(measured):
     start = next(doc for name, doc in measured.documents if name == "start")
     with h5py.File(measured.record, "r") as f:
@@ -107,6 +108,7 @@ def test_run_record_is_a_nexus_entry_of_the_instrument(measured):
         assert unitless <= {"duty_cycle", "magnification"}  # the dimensionless numbers
 
 
+@pytest.mark.slow
 def test_every_frame_has_its_key_positions_time_and_beam_from_its_event(measured):
     descriptors = {doc["uid"]: doc["name"] for name, doc in measured.documents if name == "descriptor"}
     events = [doc for name, doc in measured.documents
@@ -135,6 +137,7 @@ def test_every_frame_has_its_key_positions_time_and_beam_from_its_event(measured
             assert entry["data"][name].attrs["target"] == "/entry/" + target
 
 
+@pytest.mark.slow
 def test_dose_is_the_dose_stream(measured):
     descriptors = {doc["uid"] for name, doc in measured.documents
                    if name == "descriptor" and doc["name"] == "dose"}
@@ -149,6 +152,7 @@ def test_dose_is_the_dose_stream(measured):
         assert planned[()] == pytest.approx(start["planned_dose_mgy"])
 
 
+@pytest.mark.slow
 def test_the_frames_are_one_stack_that_resolves_after_the_folder_moves(measured, tmp_path, monkeypatch):
     record = read_run_record(measured.record)
     (raw_file,) = set(record.frames["file"])
@@ -173,6 +177,7 @@ def test_the_frames_are_one_stack_that_resolves_after_the_folder_moves(measured,
     assert {str(Path(f).resolve()) for f in rows["file"]} == {str((moved / "raw" / Path(raw_file).name).resolve())}
 
 
+@pytest.mark.slow
 def test_derived_file_is_nexus_with_one_nxdata_per_image_and_a_cluster_table(measured):
     with h5py.File(measured.derived, "r") as f:
         assert f.attrs["default"] == "entry" and f["entry"].attrs["default"] == "dark_field"
@@ -194,6 +199,7 @@ def test_derived_file_is_nexus_with_one_nxdata_per_image_and_a_cluster_table(mea
         assert f["entry/raw/data"].shape[1:] == SHAPE
 
 
+@pytest.mark.slow
 def test_nexusformat_and_silx_open_both_files(measured):
     record, derived = nxload(str(measured.record)), nxload(str(measured.derived))
     for tree in (record.tree, derived.tree):

@@ -22,6 +22,8 @@ from acquisition.plans import darkfield_mosaic, darkfield_projection
 from acquisition.storage.run_record import IMAGE_KEYS, read_run_record, record_name, run_recorder
 from support import small_config, run_engine
 
+pytestmark = pytest.mark.slow  # the module fixture records two runs; the validators run as subprocesses
+
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "data-format.md"
 SAMPLE = {"id": "V-1", "thickness_mm": 45, "description": "validator run"}
 

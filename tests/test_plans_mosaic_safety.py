@@ -62,6 +62,7 @@ def test_mosaic_reads_tile_and_stage_in_every_event(RE, instrument):
     assert events["dose"][0]["data"]["delivered_dose_mgy"] == pytest.approx(4 * 3 * 1.0 * rate)
 
 
+@pytest.mark.slow
 def test_a_refreshed_reference_is_labelled_with_the_tile_it_serves(RE, instrument, tmp_path):
     """reference_every=2 on a 2 x 2 mosaic: the reference scan taken before tile 2 says
     tile=2 (not 1, the tile before it), in its events and in the run record's frame table."""

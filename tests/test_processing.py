@@ -106,6 +106,7 @@ def test_demo_scores_both_specimens_against_their_truth(tmp_path):
     assert list((tmp_path / "raw").glob("*.h5"))
 
 
+@pytest.mark.slow
 def test_the_runengine_does_not_wait_for_the_processor(RE, tmp_path, monkeypatch):
     import threading
 
@@ -130,6 +131,7 @@ def test_the_runengine_does_not_wait_for_the_processor(RE, tmp_path, monkeypatch
     assert [s["exit_status"] for s in collector.stops] == ["success"]
 
 
+@pytest.mark.slow
 def test_each_mosaic_tile_is_processed_then_the_mosaic_is_stitched_and_classified(RE, tmp_path):
     from acquisition.plans import darkfield_mosaic
 
@@ -187,6 +189,7 @@ def _streams(documents):
     return {doc["uid"]: doc["name"] for name, doc in documents if name == "descriptor"}
 
 
+@pytest.mark.slow
 def test_a_frame_file_removed_mid_run_fails_the_derived_run_not_the_scan(RE, tmp_path):
     instrument = simulated_instrument(small_config(rows=48, cols=48), write_path=tmp_path / "raw")
     streams, removed = {}, []

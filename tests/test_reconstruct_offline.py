@@ -1,7 +1,9 @@
 """Offline reconstruction of a recorded run gives what the live processor gave."""
 
+import copy
 import json
 import os
+import shutil
 
 import pytest
 
@@ -15,9 +17,21 @@ from simulators.physics import Phantom, TissueSlab
 from specimens import class_cluster
 
 
+@pytest.fixture(scope="module")
+def pristine_run(tmp_path_factory):
+    """One recorded, live-processed run for the module (recording it is what costs)."""
+    folder = tmp_path_factory.mktemp("recorded")
+    path, live = record_pleomorphic_run(folder, small_config(rows=96, cols=96))
+    return folder, path.name, live
+
+
 @pytest.fixture
-def recorded_run(tmp_path):
-    return record_pleomorphic_run(tmp_path, small_config(rows=96, cols=96))
+def recorded_run(pristine_run, tmp_path):
+    """The module's run copied into ``tmp_path`` (record, ``raw/``, ``live/``): a test may
+    break or delete its copy."""
+    folder, name, live = pristine_run
+    shutil.copytree(folder, tmp_path, dirs_exist_ok=True)
+    return tmp_path / name, copy.deepcopy(live)
 
 
 def test_offline_equals_live(recorded_run, tmp_path):
@@ -49,6 +63,7 @@ def test_cli_names_broken_inputs_and_keeps_going(recorded_run, tmp_path, capsys)
         read_run_record(tmp_path / "missing.nxs")
 
 
+@pytest.mark.slow
 def test_a_recorded_mosaic_is_stitched_and_classified(RE, tmp_path):
     import h5py
 

@@ -97,6 +97,7 @@ def test_tiles_no_pair_ties_to_tile_0_keep_their_stage_placement():
     np.testing.assert_allclose(refine_offsets(tiles, offsets), offsets, atol=0.6)
 
 
+@pytest.mark.slow
 def test_float32_tiles_stitch_as_float64_ones_within_a_bounded_peak():
     """The live processor keeps float32 T, V, dphi: the mosaic is the float64 tiles' to
     float32 precision, and the stitch never holds more than its seven float32 accumulators

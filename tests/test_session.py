@@ -8,22 +8,44 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import bluesky.plans as bp
 import h5py
 import numpy as np
 import pytest
+from docs_snippets import write_configs
 from support import small_config
 
-from acquisition.storage.catalogue import (BackgroundCatalogue, CatalogueNotReady, catalogue_writer, find_runs, last_run,
-                                  open_catalogue)
 from acquisition.instrument import simulated_instrument
 from acquisition.plans import PlanArgumentError, alignment_report
 from acquisition.session import session_namespace
+from acquisition.storage.catalogue import (
+    BackgroundCatalogue,
+    CatalogueNotReady,
+    catalogue_writer,
+    find_runs,
+    last_run,
+    open_catalogue,
+)
+
+
+@pytest.fixture(scope="module")
+def small_simulation(tmp_path_factory):
+    """The embedded simulation.yaml on small_config's 96 x 112 pixel region (two clusters)
+    with no wall-clock waits: the sessions' ``--simulation``."""
+    region = small_config().setup.detector.region
+    return write_configs(tmp_path_factory.mktemp("configs"), region=region, time_scale=0.0) / "simulation.yaml"
+
+
+def session_command(out, simulation) -> list[str]:
+    """``talbot-lau session --sim`` on the small simulation, writing into ``out``."""
+    return [sys.executable, "-m", "acquisition.cli", "session", "--sim", "--simulation", str(simulation),
+            "--out", str(out)]
 
 
 @pytest.mark.slow
-def test_session_runs_a_plan_through_ipython_and_the_magics(tmp_path):
+def test_session_runs_a_plan_through_ipython_and_the_magics(tmp_path, small_simulation):
     lines = "\n".join([
         "%mov g2 1.6",
         "%wa",
@@ -39,8 +61,7 @@ def test_session_runs_a_plan_through_ipython_and_the_magics(tmp_path):
         "print('CATALOGUED', len(find_runs(catalogue, 's-1')), len(find_runs(catalogue, 's-1', derived=True)))",
     ])
     env = dict(os.environ, TALBOT_LAU_STATE=str(tmp_path / "state"))
-    command = [sys.executable, "-m", "acquisition.cli", "session", "--sim", "--out",
-               str(tmp_path / "data"), "-c", lines]
+    command = session_command(tmp_path / "data", small_simulation) + ["-c", lines]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
@@ -55,11 +76,14 @@ def test_session_runs_a_plan_through_ipython_and_the_magics(tmp_path):
     assert list((tmp_path / "data").glob("run_*.nxs")) and list((tmp_path / "data" / "raw").glob("*.h5"))
     # metadata persists into the next session
     # the exit keeps its own references: names deleted in IPython do not break it
+    # a session that takes no run never opens its catalogue (nor waits for it at the exit)
     again = subprocess.run(command[:-1] + ["print('OPERATOR', RE.md['operator']); "
+                                           "print('OPENED', catalogue.ready, repr(catalogue)); "
                                            "del processor, catalogue, session, flush"], env=env,
                            capture_output=True, text=True, timeout=120)
     assert "OPERATOR tester" in again.stdout
     assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr[-2000:]
+    assert re.search(r"^OPENED False <catalogue \S+ \(not opened yet", again.stdout, re.M), again.stdout[-2000:]
 
 
 # -- the session's namespace in process (no IPython): stock bluesky habits ------------------
@@ -107,6 +131,7 @@ def ns(tmp_path_factory):
     os.environ["TALBOT_LAU_STATE"] = str(tmp / "state")
     instrument = simulated_instrument(small_config(rows=96, cols=112), write_path=tmp / "data" / "raw")
     namespace = session_namespace(instrument, tmp / "data", suspend_sleep_s=0.05)
+    namespace["catalogue ready at start"] = namespace["catalogue"].ready
     documents = Documents()
     namespace["RE"].subscribe(documents)
     namespace["documents"] = documents
@@ -121,13 +146,27 @@ def ns(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_the_catalogue_opens_in_the_background_and_is_used_as_the_client(ns):
+def test_the_catalogue_opens_at_its_first_use_and_is_used_as_the_client(ns):
     catalogue = ns["catalogue"]
     assert isinstance(catalogue, BackgroundCatalogue)
-    assert catalogue.wait(60) is not None and catalogue.ready  # opened by its buffer's thread
+    assert ns["catalogue ready at start"] is False  # tiled is not started with the session
+    assert catalogue.wait(60) is not None and catalogue.ready  # the first use (or run) opens it
     assert len(catalogue) == len(list(catalogue))  # forwarded to tiled's client
 
 
+def test_a_catalogue_never_used_closes_at_once(tmp_path):
+    """A session that took no run and never looked at its catalogue: nothing was opened, so
+    the exit does not wait for tiled, and a late use says the catalogue is closed."""
+    catalogue = BackgroundCatalogue(tmp_path / "catalogue", timeout=30)
+    started = time.monotonic()
+    catalogue.close(30)
+    assert time.monotonic() - started < 1.0
+    assert not (tmp_path / "catalogue").exists()
+    with pytest.raises(CatalogueNotReady, match="not open \\(closed\\)"):
+        catalogue.wait(1)
+
+
+@pytest.mark.slow
 def test_a_catalogue_that_cannot_open_fails_its_users_not_the_writer(tmp_path, caplog):
     (tmp_path / "file").write_text("")
     catalogue = BackgroundCatalogue(tmp_path / "file" / "catalogue", timeout=5)
@@ -156,6 +195,7 @@ def test_string_sample_metadata_runs_and_is_found(ns):
     assert catalogue[text].metadata["start"]["sample"] == "M-1"
 
 
+@pytest.mark.slow
 def test_bec_finds_the_peaks_of_a_g2_scan_without_a_display(ns, monkeypatch):
     """No display: no plots, but the stats mean is hinted, so bec.peaks fills."""
     monkeypatch.delenv("DISPLAY", raising=False)
@@ -248,41 +288,61 @@ def test_the_monitor_shows_a_run_whose_sample_is_a_string(RE, qtbot, tmp_path, c
 # -- the whole session through IPython: exits and start time --------------------------------
 
 EXITS = {"exit": "exit\n", "quit": "quit\n", "ctrl-d": ""}  # "" : end of input, as Ctrl-D
-FIRST_CELL_S = []
+
+
+def _type_into_a_session(out, simulation, lines: str) -> dict:
+    """``talbot-lau session --sim`` (small simulation) typed ``lines`` through stdin, which
+    IPython reads with its simple prompt; its exit code, output and the seconds from its
+    start to the line ``FIRST CELL``."""
+    env = dict(os.environ, TALBOT_LAU_STATE=str(out.parent / "state"), PYTHONUNBUFFERED="1")
+    errors = out.parent / "stderr.txt"  # a file: a full stderr pipe cannot stall the session
+    started = time.monotonic()
+    with open(errors, "w") as stderr, subprocess.Popen(session_command(out, simulation), stdin=subprocess.PIPE,
+                                                       stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                                       env=env) as process:
+        process.stdin.write(lines)
+        process.stdin.close()
+        first_cell, stdout = None, []
+        for line in process.stdout:
+            stdout.append(line)
+            if first_cell is None and "FIRST CELL" in line:
+                first_cell = time.monotonic() - started
+        returncode = process.wait(timeout=180)
+    return {"returncode": returncode, "stdout": "".join(stdout), "stderr": errors.read_text(),
+            "first_cell": first_cell}
+
+
+@pytest.fixture(scope="module")
+def exits(tmp_path_factory, small_simulation):
+    """The three ways out, each a session of its own, all started at once (independent:
+    each its own folder and metadata); each typed a projection then its way out."""
+    lines = ("print('FIRST', 'CELL')\n"
+             "RE(darkfield_projection(instrument, steps=3, dark_frames=1, exposure_s=1.0), sample='S-1')\n")
+    outs = {way: tmp_path_factory.mktemp(f"exit-{way}") / "data" for way in EXITS}
+    with ThreadPoolExecutor(len(EXITS)) as pool:
+        started = {way: pool.submit(_type_into_a_session, outs[way], small_simulation, lines + EXITS[way])
+                   for way in EXITS}
+        done = {way: future.result() for way, future in started.items()}
+    cells = [d["first_cell"] for d in done.values() if d["first_cell"] is not None]
+    if cells:
+        print(f"\nsession start to the first cell, {len(EXITS)} sessions starting at once on "
+              f"{os.cpu_count()} cores: median {statistics.median(cells):.2f} s, max {max(cells):.2f} s")
+    return {way: dict(done[way], out=outs[way]) for way in EXITS}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("way", list(EXITS))
-def test_each_way_out_ends_with_0_after_everything_is_written(tmp_path, way):
+def test_each_way_out_ends_with_0_after_everything_is_written(exits, way):
     """``talbot-lau session --sim`` driven through stdin (IPython's simple prompt), ended by
     ``exit``, ``quit`` or end of input (Ctrl-D): exit code 0, and only after the processor
     finished and the catalogue holds the raw run and its derived run, both with their stop
     document.  No flush() is typed: the exit itself writes everything.  The run takes its
-    sample from stock bluesky's string metadata.  Prints the time to the first cell."""
-    out = tmp_path / "data"
-    env = dict(os.environ, TALBOT_LAU_STATE=str(tmp_path / "state"), PYTHONUNBUFFERED="1")
-    lines = ("print('FIRST', 'CELL')\n"
-             "RE(darkfield_projection(instrument, steps=3, dark_frames=1, exposure_s=1.0), sample='S-1')\n"
-             + EXITS[way])
-    started = time.monotonic()
-    process = subprocess.Popen([sys.executable, "-m", "acquisition.cli", "session", "--sim", "--out", str(out)],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=env)
-    process.stdin.write(lines)
-    process.stdin.close()
-    first_cell, stdout = None, []
-    for line in process.stdout:
-        stdout.append(line)
-        if first_cell is None and "FIRST CELL" in line:
-            first_cell = time.monotonic() - started
-    stderr = process.stderr.read()
-    assert process.wait(timeout=180) == 0, stderr[-2000:]
-    assert "Traceback" not in stderr, stderr[-2000:]
-    assert first_cell is not None, "".join(stdout)[-2000:]
-    FIRST_CELL_S.append(first_cell)
-    print(f"\nsession start to the first cell: {first_cell:.2f} s ({way}; "
-          f"median so far {statistics.median(FIRST_CELL_S):.2f} s of {len(FIRST_CELL_S)})")
-    assert first_cell < 60.0  # a hang, not a speed check: the figure is printed (about 3 s alone)
+    sample from stock bluesky's string metadata.  The fixture prints the time to the first cell."""
+    done, out = exits[way], exits[way]["out"]
+    assert done["returncode"] == 0, done["stderr"][-2000:]
+    assert "Traceback" not in done["stderr"], done["stderr"][-2000:]
+    assert done["first_cell"] is not None, done["stdout"][-2000:]
+    assert done["first_cell"] < 60.0  # a hang, not a speed check: the figure is printed
 
     catalogue = open_catalogue(out / "catalogue", readable=[out])
     try:

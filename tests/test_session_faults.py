@@ -183,8 +183,9 @@ def test_twenty_interlock_trips_in_the_full_session_are_all_answered(tmp_path, s
                 "sample": "trip-20"}
         # the twin computes its first frames (spectrum, phantom) on the RunEngine's thread,
         # which stalls the loop for up to a second: a first run warms it up.  The catalogue
-        # opens in the background (tiled builds its pydantic models holding the GIL for
-        # tenths of a second): the measured run starts once it is open and has caught up
+        # opens at that run's first document, in its writer's thread (tiled builds its
+        # pydantic models holding the GIL for tenths of a second): the measured run starts
+        # once it is open and has caught up
         engine(darkfield_projection(instrument, **plan))
         namespace["catalogue"].wait(60)
         assert session.flush(60)
@@ -247,6 +248,7 @@ def _record_a_projection(tmp_path, out):
         return uid, stops
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["hdf5", "disk"])
 def test_a_full_disk_leaves_no_record_and_one_error_naming_it(tmp_path, monkeypatch, caplog, where):
     def no_space(*args, **kwargs):

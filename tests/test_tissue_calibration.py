@@ -395,6 +395,7 @@ def test_a_calibration_mosaic_maps_the_stitched_clusters_to_their_beads(RE, tmp_
         assert point["distance_mm"] < 0.5, point
 
 
+@pytest.mark.slow
 def test_classify_image_applies_the_correction_it_is_given():
     """The path the live processor, reconstruct and the study share."""
     from acquisition.processing.analysis import classify_image

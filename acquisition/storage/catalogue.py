@@ -13,9 +13,9 @@ sample id (a plan's ``{"id": ...}`` or a stock string), ``last_run`` gives the l
 derived run.  The same directory behind a tiled server (``server_command``, from the
 ``tiled.yml`` :func:`open_catalogue` writes; docs/catalogue.md) is reached with
 ``connect_catalogue``.
-:class:`BackgroundCatalogue` opens a catalogue in a worker thread (the session's, which
-must not wait seconds for tiled to start); bluesky's tiled writer, whose import takes about
-2 s, is imported at the first document written.
+:class:`BackgroundCatalogue` opens a catalogue at its first use (the session's, which
+must not wait seconds for tiled to start, nor start it when it takes no run); bluesky's
+tiled writer, whose import takes about 2 s, is imported at the first document written.
 
 The server's API key never appears on a command line (``ps`` shows those to every user):
 :func:`server_api_key` reads it from a file only its owner can read or from
@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import gc
 import logging
 import os
 import secrets
@@ -478,14 +479,22 @@ def server_api_key(directory: str | Path,
 
 def connect_catalogue(uri: str, api_key: str | None = None, *, api_key_file: str | Path | None = None):
     """A tiled client on a catalogue behind a tiled server, e.g. ``http://127.0.0.1:8000``;
-    the key is ``api_key``, else read from ``api_key_file``, else ``$TALBOT_LAU_API_KEY``."""
-    from tiled.client import from_uri
+    the key is ``api_key``, else read from ``api_key_file``, else ``$TALBOT_LAU_API_KEY``.
+    Close with ``client.context.close()``."""
+    from tiled.client import from_context
+    from tiled.client.context import Context
 
     if api_key is None and api_key_file is not None:
         api_key = read_api_key(api_key_file)
     if api_key is None and os.environ.get(API_KEY_ENV):
         api_key = _checked_key(os.environ[API_KEY_ENV], API_KEY_ENV)
-    return from_uri(uri, api_key=api_key)
+    # tiled's from_uri, except that a refused connection (401: a wrong key) closes its context
+    context, node_path_parts = Context.from_any_uri(uri, api_key=api_key)
+    try:
+        return from_context(context, node_path_parts=node_path_parts)
+    except BaseException:
+        context.close()
+        raise
 
 
 def find_runs(client, sample_id: str, *, derived: bool = False):
@@ -520,14 +529,17 @@ class CatalogueNotReady(TalbotLauError, RuntimeError):
 
 
 class BackgroundCatalogue:
-    """The session's catalogue, opened in a thread of its own (``open_catalogue`` costs
-    seconds: tiled's catalogue, server app and in-process client) while the session starts.
+    """The session's catalogue, opened at its first use (``open_catalogue`` costs about 5 s
+    of CPU: tiled's catalogue, server app and in-process client), so that the session starts
+    without it and a session that takes no run never starts tiled.
 
-    Use it as the tiled client it becomes (``find_runs(catalogue, ...)``,
-    ``catalogue[uid]``, ``last_run(catalogue)``, ``catalogue.search(...)``): each use waits
-    until it is open (at most ``timeout`` s).  ``ready`` says whether it is open, ``wait()``
-    gives the client itself.  :func:`catalogue_writer` accepts it and writes once it is open:
-    documents wait in the writer's buffer meanwhile."""
+    The first use opens it in the thread that uses it: the first document written (the
+    catalogue writer's buffer thread, whose later documents wait behind it), or the
+    operator's first look.  Use it as the tiled client it becomes (``find_runs(catalogue,
+    ...)``, ``catalogue[uid]``, ``last_run(catalogue)``, ``catalogue.search(...)``): each use
+    waits until it is open (at most ``timeout`` s).  ``ready`` says whether it is open,
+    ``wait()`` gives the client itself.  :func:`catalogue_writer` accepts it.  ``close()``
+    of one never used opens nothing."""
 
     def __init__(self, directory: str | Path, *, readable: Iterable[str | Path] = (),
                  timeout: float = 120.0):
@@ -535,16 +547,30 @@ class BackgroundCatalogue:
         self.readable = list(readable)
         self.timeout = timeout
         self._opened = threading.Event()
+        self._started = False  # someone is opening it, opened it or closed it unused
+        self._start_lock = threading.Lock()
         self._client = None
         self._error: BaseException | None = None
         self._closed = False
 
     def open(self) -> None:
-        """Open the catalogue (in the calling thread; the session runs it in the catalogue
-        writer's buffer thread), and import the writer that will write into it."""
+        """Open the catalogue in the calling thread, and import the writer that will write
+        into it; if another thread is already opening it, wait for that (at most
+        ``timeout`` s) instead.
+
+        Then every object so far goes to the garbage collector's permanent generation
+        (``gc.freeze``): tiled's import leaves about 0.6 million long-lived objects, whose
+        next full collection (0.35 s, measured, holding the GIL) would hold the
+        RunEngine's loop longer than a suspender waits for it (0.1 s)."""
+        with self._start_lock:
+            first, self._started = not self._started, True
+        if not first:
+            self._opened.wait(self.timeout)
+            return
         try:
             client = open_catalogue(self.directory, readable=self.readable)
-            frame_normalizer_class()  # the writer's import, while nobody waits for it
+            frame_normalizer_class()  # the writer's import, once
+            gc.freeze()
             if self._closed:  # the session ended while it was opening
                 client.context.close()
             else:
@@ -561,8 +587,11 @@ class BackgroundCatalogue:
         return self._client is not None
 
     def wait(self, timeout: float | None = None):
-        """The tiled client, once open; :class:`CatalogueNotReady` if it failed to open or
-        is not open after ``timeout`` s (default: the catalogue's ``timeout``)."""
+        """The tiled client, opened here if nobody did yet; :class:`CatalogueNotReady` if it
+        failed to open, is closed, or is not open after ``timeout`` s (default: the
+        catalogue's ``timeout``) of another thread's opening."""
+        if not self._started:
+            self.open()
         if not self._opened.wait(self.timeout if timeout is None else timeout):
             raise CatalogueNotReady(f"catalogue {self.directory} still opening after "
                                     f"{self.timeout if timeout is None else timeout} s")
@@ -573,8 +602,13 @@ class BackgroundCatalogue:
         return self._client
 
     def close(self, timeout: float = 30.0) -> None:
-        """Close tiled's in-process server (waiting at most ``timeout`` s for an opening one)."""
-        self._closed = True
+        """Close tiled's in-process server (waiting at most ``timeout`` s for an opening
+        one); one never opened stays so."""
+        with self._start_lock:
+            self._closed = True
+            unused, self._started = not self._started, True
+        if unused:
+            self._opened.set()
         self._opened.wait(timeout)
         client, self._client = self._client, None
         if client is not None:
@@ -600,7 +634,8 @@ class BackgroundCatalogue:
     def __repr__(self) -> str:
         if self._client is not None:
             return repr(self._client)
-        state = "failed" if self._error else "closed" if self._closed else "opening"
+        state = ("failed" if self._error else "closed" if self._closed
+                 else "opening" if self._started else "not opened yet: its first use opens it")
         return f"<catalogue {self.directory} ({state})>"
 
 

@@ -26,6 +26,7 @@ import tracemalloc
 import numpy as np
 from timing import interleaved_medians
 
+import reconstruction
 from reconstruction import fit_stepping, retrieve
 from reconstruction.kernels import KERNEL_VARIABLE
 
@@ -120,6 +121,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     cold = cold_compile_seconds()
     raw_reference = make_stack(1)
     sample = make_stack(2, transmission=0.8)
@@ -158,8 +160,10 @@ def main() -> None:
     with_kernel("numba", lambda: retrieve(sample, reference, dark))()
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
+    print(f"reconstruction measured: {os.path.dirname(reconstruction.__file__)}")
     print(f"full frame {SHAPE[1]} x {SHAPE[2]} x {SHAPE[0]} uint16 ({sample.nbytes / 1e6:.0f} MB), "
-          f"{os.cpu_count()} cores, medians:")
+          f"{os.cpu_count()} cores, load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}, "
+          "medians:")
     print(f"{'what':<52}{'seconds':>9}{'x read pass':>13}")
     for name, seconds in rows:
         print(f"{name:<52}{seconds:>9.4f}{seconds / read:>13.2f}")
