@@ -324,7 +324,7 @@ def _remote(args) -> int:
     """The monitor or the processor in a process of its own, fed over 0MQ."""
     from .processing.live import darkfield_router
     from .processing.remote import by_origin, parse_address, start_dispatcher
-    from .storage.run_record import run_recorder
+    from .storage.run_recorder import run_recorder
 
     address = parse_address(args.zmq)
     if args.command == "processor":

@@ -23,7 +23,7 @@ from .processing.derived_collector import DerivedCollector
 from .processing.live import darkfield_router
 from .progress import PlanProgress
 from .run_engine import run_engine
-from .storage.run_record import run_recorder
+from .storage.run_recorder import run_recorder
 from .storage.tissue_calibration_file import configured_calibration, tissue_correction
 from .truth_matching import DEFAULT_GATE_MM, Detection, score_detections
 

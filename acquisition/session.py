@@ -289,7 +289,7 @@ def session_namespace(instrument, out_dir: str | Path, *, kind: str = "simulated
         find_runs,
         last_run,
     )
-    from .storage.run_record import run_recorder
+    from .storage.run_recorder import run_recorder
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

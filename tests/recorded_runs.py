@@ -7,7 +7,7 @@ from acquisition.processing.derived_collector import DerivedCollector
 from acquisition.instrument import simulated_instrument
 from acquisition.plans import darkfield_projection
 from acquisition.processing.live import darkfield_router
-from acquisition.storage.run_record import run_recorder
+from acquisition.storage.run_recorder import run_recorder
 from simulators.physics import Phantom, TissueSlab
 from specimens import class_cluster
 from support import run_engine

@@ -18,7 +18,8 @@ from acquisition.instrument import simulated_instrument
 from acquisition.plans import darkfield_mosaic, darkfield_projection
 from acquisition.processing.offline import reconstruct_run
 from acquisition.storage.frames import FrameLoader, FrameRef
-from acquisition.storage.run_record import read_run_record, run_recorder
+from acquisition.storage.run_record_reader import read_run_record
+from acquisition.storage.run_recorder import run_recorder
 from acquisition.storage.tissue_calibration_file import calibration_record
 from reconstruction import SUSPICIOUS_RATIO, TABLE_1
 from reconstruction.segmentation import (

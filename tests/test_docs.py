@@ -555,7 +555,7 @@ def test_the_rehearsal_over_channel_access_with_the_monitor_equals_reconstruct(s
     assert f"run_{uid8}.nxs: 12 clusters" in offline.stdout
     data = cwd / "talbot-lau-data"
     assert_same_derived(data / f"derived_{uid8}.h5", cwd / "offline" / f"derived_{uid8}.h5")
-    from acquisition.storage.run_record import read_run_record  # frame files resolved against the record's folder
+    from acquisition.storage.run_record_reader import read_run_record  # frame files resolved against the record's folder
     files = set(read_run_record(data / f"run_{uid8}.nxs").frames["file"])
     assert all(Path(f).parent.resolve().is_relative_to(TL_FRAMES.resolve()) for f in files), files
 
@@ -798,7 +798,8 @@ def test_the_hdf5_example_classifies_the_clusters_as_the_truth(RE, tmp_path, con
     from acquisition.config import load_config
     from acquisition.instrument import simulated_instrument
     from acquisition.plans import darkfield_projection
-    from acquisition.storage.run_record import read_run_record, run_recorder
+    from acquisition.storage.run_record_reader import read_run_record
+    from acquisition.storage.run_recorder import run_recorder
 
     config = load_config(configs_2 / "instrument.yaml", configs_2 / "simulation.yaml")
     RE.subscribe(run_recorder(tmp_path / "run"))

@@ -159,7 +159,7 @@ def test_live_results_over_ca_with_the_monitor_equal_the_offline_reconstruction(
     from acquisition.instrument import epics_instrument
     from acquisition.monitor import MonitorWindow
     from acquisition.processing.offline import reconstruct_run
-    from acquisition.storage.run_record import read_run_record
+    from acquisition.storage.run_record_reader import read_run_record
     from acquisition.session import session_namespace
 
     monkeypatch.setenv("TALBOT_LAU_STATE", str(tmp_path / "state"))

@@ -20,7 +20,7 @@ from acquisition.processing.live import darkfield_router
 from acquisition.processing.analysis import ProjectionFrames, retrieve_projection
 from acquisition.processing.offline import reconstruct_run, save_reference_fit
 from acquisition.storage.reference_fit import ReferenceFit, read_reference_fit, write_reference_fit
-from acquisition.storage.run_record import run_recorder
+from acquisition.storage.run_recorder import run_recorder
 from reconstruction import SteppingFit
 from simulators.physics import (
     Phantom,
@@ -91,7 +91,7 @@ def test_darks_at_each_exposure_differ_by_the_dark_current(RE, instrument, tmp_p
     """The processor must subtract the dark of the matching exposure: they differ by the
     panel's dark current times the exposure difference."""
     from acquisition.processing.offline import load_sets
-    from acquisition.storage.run_record import read_run_record
+    from acquisition.storage.run_record_reader import read_run_record
 
     RE.subscribe(run_recorder(tmp_path))
     (uid,) = RE(darkfield_projection(instrument, dark_frames=3, exposure_s=SHORT_S))

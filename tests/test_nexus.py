@@ -18,7 +18,8 @@ from acquisition.storage.derived_store import IMAGES, write_derived
 from acquisition.instrument import simulated_instrument
 from acquisition.plans import darkfield_projection
 from acquisition.processing.live import darkfield_router
-from acquisition.storage.run_record import read_run_record, run_recorder
+from acquisition.storage.run_record_reader import read_run_record
+from acquisition.storage.run_recorder import run_recorder
 from support import small_config, run_engine
 from simulators.physics import Phantom, TissueSlab, cluster_preset
 

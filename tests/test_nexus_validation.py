@@ -19,7 +19,9 @@ import pytest
 from acquisition.storage.frames import FrameLoader, FrameRef
 from acquisition.instrument import simulated_instrument
 from acquisition.plans import darkfield_mosaic, darkfield_projection
-from acquisition.storage.run_record import IMAGE_KEYS, read_run_record, record_name, run_recorder
+from acquisition.storage.run_record import IMAGE_KEYS, record_name
+from acquisition.storage.run_record_reader import read_run_record
+from acquisition.storage.run_recorder import run_recorder
 from support import small_config, run_engine
 
 pytestmark = pytest.mark.slow  # the module fixture records two runs; the validators run as subprocesses

@@ -66,7 +66,9 @@ def test_mosaic_reads_tile_and_stage_in_every_event(RE, instrument):
 def test_a_refreshed_reference_is_labelled_with_the_tile_it_serves(RE, instrument, tmp_path):
     """reference_every=2 on a 2 x 2 mosaic: the reference scan taken before tile 2 says
     tile=2 (not 1, the tile before it), in its events and in the run record's frame table."""
-    from acquisition.storage.run_record import read_run_record, record_name, run_recorder
+    from acquisition.storage.run_record import record_name
+    from acquisition.storage.run_record_reader import read_run_record
+    from acquisition.storage.run_recorder import run_recorder
 
     documents = collect(RE)
     RE.subscribe(run_recorder(tmp_path / "record"))

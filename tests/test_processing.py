@@ -17,7 +17,7 @@ from acquisition.plans import darkfield_projection
 from acquisition.processing.live import darkfield_router
 from acquisition.processing.analysis import NoBeamError, ProjectionFrames, check_beam
 from acquisition.processing.offline import reconstruct_run
-from acquisition.storage.run_record import run_recorder
+from acquisition.storage.run_recorder import run_recorder
 from simulators.physics import Phantom, TissueSlab
 from specimens import class_cluster
 

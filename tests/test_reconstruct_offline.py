@@ -10,7 +10,8 @@ import pytest
 from acquisition.cli import main
 from acquisition.instrument import simulated_instrument
 from acquisition.processing.offline import reconstruct_run
-from acquisition.storage.run_record import RunRecordError, read_run_record, run_recorder
+from acquisition.storage.run_record_reader import RunRecordError, read_run_record
+from acquisition.storage.run_recorder import run_recorder
 from support import small_config
 from recorded_runs import record_pleomorphic_run
 from simulators.physics import Phantom, TissueSlab

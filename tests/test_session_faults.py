@@ -17,7 +17,8 @@ from acquisition.storage.catalogue import catalogue_writer, open_catalogue
 from acquisition.storage.frames import HANDLERS
 from acquisition.instrument import simulated_instrument
 from acquisition.plans import darkfield_projection, source_suspenders
-from acquisition.storage.run_record import read_run_record, run_recorder
+from acquisition.storage.run_record_reader import read_run_record
+from acquisition.storage.run_recorder import run_recorder
 from acquisition.session import session_namespace
 
 SUSPENDED = "Signal tube_interlock is low: X-ray interlock open"

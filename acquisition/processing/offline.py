@@ -29,7 +29,7 @@ from ..config import embedded_calibration
 from ..storage.derived_store import derived_name
 from ..storage.frames import FrameLoader, FrameRef
 from ..storage.reference_fit import ReferenceFit, ReferenceFitError, write_reference_fit
-from ..storage.run_record import RunRecord, RunRecordError, read_run_record
+from ..storage.run_record_reader import RunRecord, RunRecordError, read_run_record
 from ..storage.tissue_calibration_file import calibration_record
 from .analysis import (
     ProjectionFrames,
@@ -78,7 +78,7 @@ def _text(value) -> str:
 def portable_record(record: RunRecord, path: str | Path) -> RunRecord:
     """``record`` with its stored reference fit found in the record's current folder when it
     is no longer where the start document says (the frame files are resolved against the
-    record's folder by :func:`acquisition.storage.run_record.read_run_record`)."""
+    record's folder by :func:`acquisition.storage.run_record_reader.read_run_record`)."""
     folder = Path(path).resolve().parent
     stored = record.start["phase_stepping"].get("reference_fit")
     if not stored or Path(stored["path"]).is_file() or not (folder / Path(stored["path"]).name).is_file():

@@ -1,9 +1,9 @@
-"""A NeXus record of each phase-stepping run beside its raw frames, for offline reconstruction.
+"""The NeXus record of each phase-stepping run beside its raw frames, for offline reconstruction.
 
-``run_recorder(out_dir)`` is an ``event_model.RunRouter`` (not filling: it keeps the file
-references) that writes ``run_<uid8>.nxs`` at the run's stop: an NXentry of application
-definition NXtomo (``nxvalidate -a NXtomo`` passes), readable by silx and nexusformat.
-docs/data-format.md describes every field; in short::
+``write_record`` writes ``run_<uid8>.nxs`` (``acquisition.storage.run_recorder`` calls it at
+the run's stop): an NXentry of application definition NXtomo (``nxvalidate -a NXtomo``
+passes), readable by silx and nexusformat.  docs/data-format.md describes every field; in
+short::
 
     entry: NXentry  definition = NXtomo, entry_identifier_uuid = run uid, title, start/end_time
       start_document, stop_document, derived: NXnote     user: NXuser
@@ -30,9 +30,9 @@ then renamed: a failed write (disk full, no permission) leaves no empty or trunc
 that would hide the run.  It logs one error naming the file instead, and never raises into
 the RunEngine.
 
-``read_run_record(path)`` gives the documents and frame rows back (also of the earlier
-``run_<uid8>.nxs`` and ``run_<uid8>.h5`` layouts); the frames themselves are read through
-``acquisition.storage.frames``.
+The constants here (:data:`FRAME_ROW`, :data:`RECORD_ROW`, ...) are shared by the recorder
+and the reader (``acquisition.storage.run_record_reader``), which gives the documents and
+frame rows back.
 """
 
 from __future__ import annotations
@@ -41,16 +41,13 @@ import io
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
-import event_model
 import h5py
 import numpy as np
 
-from ..errors import TalbotLauError
 from .derived_store import derived_glob
-from .frames import FRAME_DATASET, image_key
+from .frames import FRAME_DATASET
 from .nexus import IMAGE_KEYS as ROLE_IMAGE_KEYS
 from .nexus import (
     INVALID_IMAGE_KEY,
@@ -70,8 +67,8 @@ log = logging.getLogger(__name__)
 FRAME_ROW = np.dtype([("stream", h5py.string_dtype()), ("g2_um", "f8"), ("stage_x_mm", "f8"),
                       ("stage_y_mm", "f8"), ("file", h5py.string_dtype()), ("point", "i8"),
                       ("tile", "i8"), ("shutter", "i1")])
-"""One row per frame, as :func:`read_run_record` returns them (``file``: a path that exists
-where the record is now)."""
+"""One row per frame, as :func:`acquisition.storage.run_record_reader.read_run_record`
+returns them (``file``: a path that exists where the record is now)."""
 RECORD_ROW = np.dtype([(name, FRAME_ROW[name]) for name in FRAME_ROW.names] + [("time", "f8"), ("kv", "f8"), ("ma", "f8"),
                                          ("g2_target_um", "f8"), ("count_time_s", "f8")])
 """What the recorder keeps per frame: the frame row, the event time (POSIX s), the tube's
@@ -133,95 +130,6 @@ def image_keys(frames: np.ndarray) -> np.ndarray:
     keys = np.array([IMAGE_KEYS.get(_text(s), INVALID_IMAGE_KEY) for s in frames["stream"]], np.int32)
     keys[(keys <= 1) & (frames["shutter"] == 0)] = INVALID_IMAGE_KEY
     return keys
-
-
-def run_recorder(out_dir: str | Path):
-    """A RunRouter that records every run with a ``phase_stepping`` start document."""
-    out = Path(out_dir)
-
-    def factory(name, start_doc):
-        return ([RunRecorder(out)], []) if "phase_stepping" in start_doc else ([], [])
-
-    return event_model.RunRouter([factory])
-
-
-class RunRecorder(event_model.DocumentRouter):
-    """Collects a run's frame references and dose; writes them when the run stops."""
-
-    def __init__(self, out_dir: Path):
-        super().__init__()
-        self.out_dir = out_dir
-        self.streams: dict[str, str] = {}
-        self.exposures: dict[str, float] = {}
-        self.files: dict[str, str] = {}
-        self.datums: dict[str, tuple[str, int]] = {}
-        self.rows: list[tuple] = []
-        self.image_key = None
-        self.frame = {"shape": (0, 0), "dtype": "<u2", "detector": ""}
-        self.dose_mgy: float | None = None
-
-    def start(self, doc):
-        self.start_doc = doc
-        tube = doc.get("tube") if isinstance(doc.get("tube"), dict) else {}
-        self.tube = tube.get("device") or "tube"
-
-    def descriptor(self, doc):
-        self.streams[doc["uid"]] = doc["name"]
-        key = image_key(doc)
-        if key is None:
-            return
-        self.image_key = key
-        info = doc["data_keys"][key]
-        camera = doc.get("configuration", {}).get(info.get("object_name", ""), {}).get("data", {})
-        self.exposures[doc["uid"]] = _exposure_s(camera)
-        self.frame = {"shape": tuple(info["shape"][-2:]), "dtype": info.get("dtype_numpy") or "<u2",
-                      "detector": " ".join(str(v) for k, v in camera.items()
-                                           if k.endswith(("_manufacturer", "_model")))}
-
-    def resource(self, doc):
-        self.files[doc["uid"]] = os.path.join(doc["root"], doc["resource_path"])
-
-    def datum(self, doc):
-        self.datums[doc["datum_id"]] = (doc["resource"], int(doc["datum_kwargs"]["point_number"]))
-
-    def event(self, doc):
-        data = doc["data"]
-        if self.streams[doc["descriptor"]] == DOSE_STREAM:
-            self.dose_mgy = float(next(iter(data.values())))  # a running total: the last counts
-            return
-        if self.image_key not in data or data[self.image_key] not in self.datums:
-            return
-        resource, point = self.datums[data[self.image_key]]
-        shutter = shutter_open(self.start_doc, data)
-        self.rows.append((self.streams[doc["descriptor"]], _number(data, "g2"),
-                          _number(data, "stage_x"), _number(data, "stage_y"),
-                          self.files[resource], point, int(data.get("tile", 0)),
-                          -1 if shutter is None else int(shutter), float(doc["time"]),
-                          _number(data, f"{self.tube}_kv"), _number(data, f"{self.tube}_ma"),
-                          _number(data, "g2_user_setpoint"),
-                          self.exposures.get(doc["descriptor"], np.nan)))
-
-    def stop(self, doc):
-        path = self.out_dir / record_name(self.start_doc["uid"])
-        write_record(path, self.start_doc, doc, np.array(self.rows, dtype=RECORD_ROW), self.dose_mgy,
-                     frame=self.frame)
-
-
-def _number(data: dict, key: str) -> float:
-    try:
-        return float(data[key])
-    except (KeyError, TypeError, ValueError):
-        return np.nan
-
-
-def _exposure_s(camera: dict) -> float:
-    """A frame's exposure (s) from the detector's configuration readings: AcquireTime times
-    NumExposures, as ``devices.paxscan`` sums it (NaN if not read)."""
-    time = [v for k, v in camera.items() if k.endswith("_cam_acquire_time")]
-    count = [v for k, v in camera.items() if k.endswith("_cam_num_exposures")]
-    if not time:
-        return np.nan
-    return float(time[0]) * max(int(count[0]) if count else 1, 1)
 
 
 def write_record(path: Path, start: dict, stop: dict, frames: np.ndarray,
@@ -457,81 +365,3 @@ def _relative(file: str, record: str) -> str:
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-@dataclass
-class RunRecord:
-    start: dict
-    stop: dict
-    frames: np.ndarray
-    """FRAME_ROW rows: stream, g2_um, stage_x_mm, stage_y_mm, file (resolved against the
-    record's current folder), point, tile, shutter (-1 in records from before the column)."""
-
-
-class RunRecordError(TalbotLauError, ValueError):
-    """A run record file is missing, broken or not a run record; the message names it."""
-
-
-def read_run_record(path: str | Path) -> RunRecord:
-    """Read ``run_<uid8>.nxs`` (or an earlier ``run_<uid8>.h5``); frame files are found
-    relative to the record's folder now, wherever it was written."""
-    try:
-        with h5py.File(path, "r") as f:
-            if "entry" in f:
-                entry = f["entry"]
-                start = json.loads(entry["start_document/data"][()])
-                stop = json.loads(entry["stop_document/data"][()])
-                frames = _frame_rows(entry["instrument/detector/frames"])
-                moved = _linked_files(entry["instrument/detector"], frames)
-            else:  # before the NeXus layout: JSON attributes and a compound table
-                start = json.loads(f.attrs["start"])
-                stop = json.loads(f.attrs["stop"])
-                frames = _frame_rows(f["frames"])
-                moved = {}
-    except FileNotFoundError:
-        raise RunRecordError(f"{path}: no such file") from None
-    except (OSError, KeyError, json.JSONDecodeError) as err:
-        raise RunRecordError(f"{path}: not a run record written by talbot-lau ({err})") from None
-    if "phase_stepping" not in start:
-        raise RunRecordError(f"{path}: the run has no phase-stepping plan in its start document")
-    folder = os.path.dirname(os.path.abspath(path))
-    frames["file"] = [_resolve(_text(file), folder, moved) for file in frames["file"]]
-    return RunRecord(start, stop, frames)
-
-
-def _resolve(file: str, folder: str, moved: dict[str, str]) -> str:
-    """A frame file's path now: relative paths against the record's ``folder``; an absolute
-    one (records before portable paths) as it was, or where the record's link to it points
-    if it is gone (the folder moved)."""
-    if not os.path.isabs(file):
-        return os.path.normpath(os.path.join(folder, file))
-    if not os.path.exists(file) and file in moved:
-        return os.path.normpath(os.path.join(folder, moved[file]))
-    return file
-
-
-def _linked_files(detector: h5py.Group, frames: np.ndarray) -> dict[str, str]:
-    """Records before NXtomo link their frame files as ``raw_000``, ... (relative, in the
-    order the files first appear in the table): absolute table path -> linked path."""
-    files = [_text(f) for f in dict.fromkeys(frames["file"])]
-    moved = {}
-    for index, file in enumerate(files):
-        link = detector.get(f"raw_{index:03d}", getlink=True)
-        if isinstance(link, h5py.ExternalLink):
-            moved[file] = link.filename
-    return moved
-
-
-def _frame_rows(table) -> np.ndarray:
-    """FRAME_ROW rows of a frame table: a group of columns or an early compound dataset."""
-    rows = np.empty(len(table["stream"]), FRAME_ROW)
-    rows["shutter"] = -1  # records written before the column: not read
-    for name in FRAME_ROW.names:
-        if isinstance(table, h5py.Group):
-            if name not in table:
-                continue
-            column = table[name]
-            rows[name] = column.asstr()[()] if h5py.check_string_dtype(column.dtype) else column[()]
-        elif name in table.dtype.names:
-            rows[name] = [_text(v) for v in table[name]] if table.dtype[name].kind in "OSU" else table[name]
-    return rows

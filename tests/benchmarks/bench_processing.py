@@ -44,7 +44,9 @@ from acquisition.processing.live import darkfield_router
 from acquisition.processing.offline import load_sets
 from acquisition.processing.remote import by_origin, start_dispatcher
 from acquisition.processing.remote import publisher as remote_publisher
-from acquisition.storage.run_record import read_run_record, record_name, run_recorder
+from acquisition.storage.run_record import record_name
+from acquisition.storage.run_record_reader import read_run_record
+from acquisition.storage.run_recorder import run_recorder
 
 
 def full_frame_config():
